@@ -136,12 +136,16 @@ class Geometry:
         c = (torch.arange(cols, device=device, dtype=dtype) - (cols - 1) / 2) * self.det_pixel_mm
         return r, c
 
-    def detector_to_grid(self, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-        """detector_px -> grid_sample coords (..., 2) = (x=col, y=row), align_corners=True."""
+    def detector_to_grid(self, row: torch.Tensor, col: torch.Tensor, align_corners: bool = False) -> torch.Tensor:
+        """detector_px -> grid_sample coords (..., 2) = (x=col, y=row).
+
+        align_corners=False (default) is resolution independent: the same coords sample a
+        detector image or any strided feature map of it that covers the same area.
+        """
         rows, cols = self.det_shape
-        x = col / max((cols - 1) / 2, 1e-12) - 1
-        y = row / max((rows - 1) / 2, 1e-12) - 1
-        return torch.stack([x, y], dim=-1)
+        if align_corners:
+            return torch.stack([col / max((cols - 1) / 2, 1e-12) - 1, row / max((rows - 1) / 2, 1e-12) - 1], -1)
+        return torch.stack([(2 * col + 1) / cols - 1, (2 * row + 1) / rows - 1], dim=-1)
 
     # --- the cone-beam map --------------------------------------------------------
     def magnification(self, view: str, depth_mm: torch.Tensor) -> torch.Tensor:
