@@ -1,0 +1,412 @@
+"""Typed configuration: JSON files with the seed's sections become frozen dataclasses.
+
+A config file is a JSON object with the sections `model`, `training`, `loss`, `data`,
+`optimization`, `logging` and `geometry` (the seed's `config_optimized.json` plus
+`geometry`). A missing section or key takes the default below. JSON has no comments, so:
+
+  * a top-level `"description"` string is kept (`Config.description`) and saved back;
+  * any key starting with `_` (e.g. `"_comment"`), at the top level or inside a section,
+    is a comment and is ignored.
+
+Everything else is checked where it enters: an unknown or misspelt key, a value of the
+wrong type or an impossible combination raises `ConfigError` naming the file, the key,
+the expected form and, for a misspelt key, the closest valid one.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from xray2ct.geometry import Geometry
+
+ATTENTION_KINDS = ("mhsa", "cga")
+LAYOUTS = ("sandwich", "standard")
+XRAY_STRIDE = 16  # the 2D encoder downsamples X-rays by 16; their side must divide by it
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and key."""
+
+
+# --- sections -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelConfig:
+    volume_size: int = 64  # CT side N (N³ voxels); JSON may give [N, N, N]
+    xray_img_size: int = 512  # side of each square input X-ray, px
+    voxel_dim: int = 256  # token width of the ViT / fusion
+    num_attn_blocks: int = 2  # attention blocks in the transformer stack
+    num_ffn_blocks: int = 4  # FFN-only blocks (sandwich); standard uses attn+FFN pairs of both counts
+    num_heads: int = 8  # attention heads; must divide voxel_dim
+    xray_feature_dim: int = 512  # width of the X-ray encoder's deepest features
+    use_cnn_branch: bool = True  # 3D MBConv+SE branch beside the ViT
+    use_learnable_priors: bool = True  # learned (vs fixed) depth priors in the lifting
+    attention: str = "cga"  # "mhsa" (plain multi-head) | "cga" (cascaded group attention)
+    layout: str = "sandwich"  # "sandwich" (EfficientViT) | "standard" ([attn -> FFN] x L)
+    use_multiscale: bool = True  # grouped multi-scale K/V pooling inside attention
+    use_conditioning: bool = True  # hierarchical adaptive conditioning of the blocks
+    token_grid: int = 0  # ViT token grid side G; 0 -> volume_size // 4
+    key_dim: int = 16  # CGA query/key dim per head
+    ffn_ratio: float = 2.0  # FFN hidden = ffn_ratio * voxel_dim (EfficientViT: 2, ViT: 4)
+    kv_pool: int = 2  # K/V average-pool factor per axis for multi-scale/pooled attention
+    encoder_channels: tuple[int, ...] = (32, 64, 128, 256)  # 2D encoder stage widths
+    decoder_channels: tuple[int, ...] = (128, 64, 32)  # 3D decoder width per x2 upsampling stage
+    cnn_expand: int = 4  # MBConv expansion ratio
+    drop_path: float = 0.0  # stochastic depth rate in the transformer stack
+
+    def __post_init__(self):
+        _lists_to_tuples(self)
+
+    @property
+    def grid(self) -> int:
+        """Resolved token grid side G (token_grid, or volume_size // 4 when it is 0)."""
+        return self.token_grid or self.volume_size // 4
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    num_epochs: int = 15  # passes over the training split
+    batch_size: int = 2  # volumes per optimizer micro-step
+    learning_rate: float = 1e-4  # AdamW peak learning rate (after warmup)
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    grad_clip_max_norm: float = 1.0  # global gradient-norm clip; 0 disables clipping
+    warmup_epochs: int = 2  # linear LR warmup before cosine decay
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    seed: int = 0  # RNG seed for init, shuffling and augmentation
+    deterministic: bool = False  # torch deterministic algorithms (slower)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    l1_weight: float = 1.0  # L1 on normalized CT
+    ssim_weight: float = 0.5  # 1 - 3D SSIM
+    uncertainty_reg_weight: float = 0.01  # Gaussian NLL calibrating log_var
+    projection_weight: float = 0.1  # L1 between DRRs of prediction and target
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset_path: str = ""  # ROOT with ROOT/{id}/{id}.nii.gz and the two DRR PNGs
+    max_patients: int = 1000  # use at most this many cases
+    num_workers: int = 4  # DataLoader worker processes (0: load in the main process)
+    prefetch_factor: int = 2  # batches prefetched per worker
+    augment: bool = True  # radiograph-style augmentation of the training X-rays
+
+
+@dataclass(frozen=True)
+class OptimizationConfig:
+    use_mixed_precision: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
+    compile_model: bool = False  # torch.compile the model
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    log_interval: int = 10  # steps between training log lines
+    val_interval: int = 1  # epochs between validations
+    save_checkpoint_interval: int = 1  # epochs between checkpoints
+
+
+@dataclass(frozen=True)
+class GeometryConfig:
+    fov_mm: float = 320.0  # side of the cubic field of view, mm
+    source_iso_mm: float = 541.0  # source to isocentre, mm (X2CT-GAN)
+    source_det_mm: float = 949.0  # source to detector, mm (X2CT-GAN)
+    mu_water: float = 0.02  # attenuation of water, 1/mm
+
+    def build(self, volume_size: int, det_size: int) -> Geometry:
+        """The cone-beam geometry for an N³ volume over fov_mm and a det_size² detector."""
+        n = int(volume_size)
+        return Geometry(
+            volume_shape=(n, n, n),
+            voxel_mm=self.fov_mm / n,
+            source_iso_mm=self.source_iso_mm,
+            source_det_mm=self.source_det_mm,
+            det_shape=(int(det_size), int(det_size)),
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    description: str = ""  # free text, kept from the file's top-level "description"
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "training": TrainingConfig, "loss": LossConfig, "data": DataConfig,
+    "optimization": OptimizationConfig, "logging": LoggingConfig, "geometry": GeometryConfig,
+}
+
+
+def _lists_to_tuples(obj) -> None:
+    # JSON gives lists; tuples keep the frozen dataclasses hashable and comparable.
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, list):
+            object.__setattr__(obj, f.name, tuple(value))
+
+
+# --- type checking --------------------------------------------------------------------
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _suggest(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(valid))}"
+
+
+def _coerce(key: str, value: Any, typ: Any, source: str) -> Any:
+    """Check one value against its field type; ints become floats where floats are due."""
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{key} in {source} must be {expected}, got {value!r} ({type(value).__name__})")
+
+    if key == "model.volume_size" and isinstance(value, (list, tuple)):
+        # The seed writes [64, 64, 64]; only cubes are supported.
+        if len(value) != 3 or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise bad("an int or a list of three equal ints")
+        if len(set(value)) != 1:
+            raise ConfigError(f"{key} in {source} must be a cube, got {list(value)}; use e.g. [{value[0]}, {value[0]}, {value[0]}]")
+        return value[0]
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an int")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if typing.get_origin(typ) is tuple:
+        if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise bad("a list of ints")
+        return tuple(value)
+    raise AssertionError(f"unhandled field type {typ!r} for {key}")  # internal: a new field type
+
+
+def _section_from_dict(name: str, raw: Any, source: str):
+    cls = SECTIONS[name]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"section {name!r} in {source} must be a JSON object, got {raw!r}")
+    types = _field_types(cls)
+    values = {}
+    for key, value in raw.items():
+        if key.startswith("_"):
+            continue  # comment
+        if key not in types:
+            raise ConfigError(f"unknown key '{name}.{key}' in {source}{_suggest(key, types)}")
+        values[key] = _coerce(f"{name}.{key}", value, types[key], source)
+    return cls(**values)
+
+
+# --- dict <-> Config ------------------------------------------------------------------
+def config_from_dict(d: dict, source: str = "<dict>") -> Config:
+    """Build and validate a Config from a dict shaped like the JSON file."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source} must hold a JSON object with sections {', '.join(SECTIONS)}, got {type(d).__name__}")
+    sections, description = {}, ""
+    for name, raw in d.items():
+        if name.startswith("_"):
+            continue  # comment
+        if name == "description":
+            if not isinstance(raw, str):
+                raise ConfigError(f"description in {source} must be a string, got {raw!r}")
+            description = raw
+            continue
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown section {name!r} in {source}{_suggest(name, [*SECTIONS, 'description'])}")
+        sections[name] = _section_from_dict(name, raw, source)
+    cfg = Config(**sections, description=description)
+    validate_config(cfg, source)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Config -> JSON-ready dict (tuples as lists); config_from_dict inverts it."""
+    out = {}
+    for name in SECTIONS:
+        section = getattr(cfg, name)
+        out[name] = {f.name: _jsonable(getattr(section, f.name)) for f in fields(section)}
+    if cfg.description:
+        out["description"] = cfg.description
+    return out
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+# --- validation -----------------------------------------------------------------------
+def validate_config(cfg: Config, source: str = "<config>") -> None:
+    """Raise ConfigError listing every impossible value or combination in cfg."""
+    m, t, lo, d, lg, g = cfg.model, cfg.training, cfg.loss, cfg.data, cfg.logging, cfg.geometry
+    errors: list[str] = []
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            errors.append(msg)
+
+    for key in ("volume_size", "xray_img_size", "voxel_dim", "num_heads", "xray_feature_dim", "key_dim",
+                "kv_pool", "cnn_expand"):
+        need(getattr(m, key) >= 1, f"model.{key} must be >= 1, got {getattr(m, key)}")
+    for key in ("num_attn_blocks", "num_ffn_blocks", "token_grid"):
+        need(getattr(m, key) >= 0, f"model.{key} must be >= 0, got {getattr(m, key)}")
+    need(m.num_attn_blocks + m.num_ffn_blocks >= 1, "model.num_attn_blocks + model.num_ffn_blocks must be >= 1")
+    need(m.ffn_ratio > 0, f"model.ffn_ratio must be > 0, got {m.ffn_ratio}")
+    need(0.0 <= m.drop_path < 1.0, f"model.drop_path must be in [0, 1), got {m.drop_path}")
+    need(m.attention in ATTENTION_KINDS, f"model.attention must be one of {ATTENTION_KINDS}, got {m.attention!r}")
+    need(m.layout in LAYOUTS, f"model.layout must be one of {LAYOUTS}, got {m.layout!r}")
+    need(len(m.encoder_channels) >= 1 and min(m.encoder_channels, default=0) >= 1,
+         f"model.encoder_channels must be a non-empty list of positive ints, got {list(m.encoder_channels)}")
+    need(min(m.decoder_channels, default=1) >= 1,
+         f"model.decoder_channels must be positive ints, got {list(m.decoder_channels)}")
+    if m.num_heads >= 1:
+        need(m.voxel_dim % m.num_heads == 0,
+             f"model.voxel_dim ({m.voxel_dim}) must be divisible by model.num_heads ({m.num_heads})")
+    if m.xray_img_size >= 1:
+        need(m.xray_img_size % XRAY_STRIDE == 0,
+             f"model.xray_img_size ({m.xray_img_size}) must be divisible by {XRAY_STRIDE} (encoder stride)")
+    if m.volume_size >= 1 and m.token_grid >= 0:
+        _check_grid(m, need)
+
+    for key in ("num_epochs", "batch_size", "grad_accum_steps"):
+        need(getattr(t, key) >= 1, f"training.{key} must be >= 1, got {getattr(t, key)}")
+    need(t.learning_rate > 0, f"training.learning_rate must be > 0, got {t.learning_rate}")
+    for key in ("weight_decay", "grad_clip_max_norm", "warmup_epochs"):
+        need(getattr(t, key) >= 0, f"training.{key} must be >= 0, got {getattr(t, key)}")
+    need(t.seed >= 0, f"training.seed must be >= 0, got {t.seed}")
+
+    weights = {f.name: getattr(lo, f.name) for f in fields(lo)}
+    for key, w in weights.items():
+        need(w >= 0 and math.isfinite(w), f"loss.{key} must be a finite number >= 0, got {w}")
+    need(any(w > 0 for w in weights.values()), "at least one loss weight must be > 0")
+
+    need(d.max_patients >= 1, f"data.max_patients must be >= 1, got {d.max_patients}")
+    need(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+    need(d.prefetch_factor >= 1, f"data.prefetch_factor must be >= 1, got {d.prefetch_factor}")
+    for f in fields(lg):
+        need(getattr(lg, f.name) >= 1, f"logging.{f.name} must be >= 1, got {getattr(lg, f.name)}")
+
+    need(g.fov_mm > 0 and g.mu_water > 0, f"geometry.fov_mm ({g.fov_mm}) and geometry.mu_water ({g.mu_water}) must be > 0")
+    need(0 < g.source_iso_mm < g.source_det_mm,
+         f"need 0 < geometry.source_iso_mm ({g.source_iso_mm}) < geometry.source_det_mm ({g.source_det_mm})")
+    # The volume's corner must stay in front of the source in both views.
+    need(g.fov_mm / 2 < g.source_iso_mm,
+         f"geometry.fov_mm/2 ({g.fov_mm / 2}) must be smaller than geometry.source_iso_mm ({g.source_iso_mm})")
+
+    if errors:
+        raise ConfigError(f"invalid config {source}:\n  - " + "\n  - ".join(errors))
+
+
+def _check_grid(m: ModelConfig, need) -> None:
+    """Token grid G and decoder: G³ tokens are upsampled x2 per decoder stage up to N³."""
+    n, grid = m.volume_size, m.grid
+    need(grid >= 2, f"model.token_grid resolves to {grid} (volume_size {n}); it must be >= 2")
+    if grid < 2:
+        return
+    if n % grid:
+        need(False, f"model.volume_size ({n}) must be divisible by the token grid ({grid})")
+        return
+    ratio = n // grid
+    stages = int(math.log2(ratio)) if ratio & (ratio - 1) == 0 else None
+    need(stages is not None,
+         f"model.volume_size / token grid = {n}/{grid} = {ratio} must be a power of two (the decoder upsamples x2 per stage)")
+    if stages is not None:
+        need(len(m.decoder_channels) == stages,
+             f"model.decoder_channels needs one width per x2 upsampling stage from {grid}³ to {n}³: "
+             f"{stages} entries, got {len(m.decoder_channels)} ({list(m.decoder_channels)})")
+    need(m.kv_pool <= grid, f"model.kv_pool ({m.kv_pool}) must not exceed the token grid ({grid})")
+
+
+# --- files and overrides --------------------------------------------------------------
+def _parse_override(key: str, value: Any, source: str) -> tuple[str, str, Any]:
+    """'section.key' and a value (maybe a CLI string) -> (section, key, JSON value)."""
+    section, _, name = key.partition(".")
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown section {section!r} in {source} key {key!r}{_suggest(section, SECTIONS)}")
+    types = _field_types(SECTIONS[section])
+    if not name or name not in types:
+        raise ConfigError(f"unknown key {key!r} in {source}{_suggest(name, types)}")
+    if isinstance(value, str) and types[name] is not str:
+        try:  # "1", "true", "1e-4", "[32,32,32]" from the command line
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass  # left a string: _coerce reports the expected type
+    return section, name, value
+
+
+def apply_overrides(d: dict, overrides: dict | None, source: str = "overrides") -> dict:
+    """Return a copy of the config dict d with dotted-key overrides applied."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for key, value in (overrides or {}).items():
+        section, name, value = _parse_override(str(key), value, source)
+        types = _field_types(SECTIONS[section])
+        _coerce(key, value, types[name], source)  # fail here so the message names the override
+        out.setdefault(section, {})
+        if not isinstance(out[section], dict):
+            raise ConfigError(f"section {section!r} must be a JSON object to override {key!r}")
+        out[section][name] = value
+    return out
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Config:
+    """Read a JSON config (sections may be partial) and apply dotted-key overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    if overrides:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a JSON object, got {type(raw).__name__}")
+        raw = apply_overrides(raw, overrides, source=f"overrides to {path}")
+    return config_from_dict(raw, source=str(path))
+
+
+def override_config(cfg: Config, overrides: dict | None, source: str = "overrides") -> Config:
+    """A Config with dotted-key overrides applied (e.g. to a checkpoint's config)."""
+    if not overrides:
+        return cfg
+    return config_from_dict(apply_overrides(config_to_dict(cfg), overrides, source), source=source)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write cfg as JSON atomically (temp file in the same folder, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(config_to_dict(cfg), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+__all__ = [
+    "Config", "ModelConfig", "TrainingConfig", "LossConfig", "DataConfig", "OptimizationConfig",
+    "LoggingConfig", "GeometryConfig", "ConfigError", "load_config", "save_config", "config_to_dict",
+    "config_from_dict", "validate_config", "apply_overrides", "override_config",
+]

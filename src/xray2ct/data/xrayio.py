@@ -1,0 +1,217 @@
+"""Load a radiograph (PNG, JPEG, TIFF, DICOM or .npy) as the model's input image.
+
+Every film goes through the same steps, so a real radiograph and a DRR rendered by
+`xray2ct.physics.projector` look alike to the model:
+
+1. decode to one grey channel (RGB -> luminance, alpha dropped; DICOM: modality LUT /
+   rescale slope+intercept applied, MONOCHROME1 inverted, so bones are bright);
+2. pad a non-square image to a square, centred, with the median of the two borders being
+   padded (the background there: air or collimator). Padding keeps the anatomy's aspect
+   ratio and all of the field of view, which the square detector of `Geometry` assumes;
+   stretching would distort it and cropping would cut anatomy;
+3. resize to `size` x `size`: area averaging when shrinking (no aliasing), bilinear when
+   growing;
+4. `robust_normalize` to [0, 1] (the 0.5/99.5 percentile window DRRs go through).
+
+Any file that cannot be used raises `XRay2CTInputError` naming the file and the problem.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xray2ct.data.errors import XRay2CTInputError
+from xray2ct.physics.radiograph import robust_normalize
+
+MAX_PIXELS = 100_000_000  # refuse larger images: a chest film is ~10-40 MP; beyond this it is not one
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
+TIFF_SUFFIXES = {".tif", ".tiff"}
+LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, what Pillow's convert("L") uses
+
+
+def load_xray(path: str | Path, size: int = 256) -> torch.Tensor:
+    """Read a radiograph file -> float32 (size, size) in [0, 1], bones bright."""
+    path = Path(path)
+    return prepare_xray(read_xray_array(path), size=size, name=str(path))
+
+
+def prepare_xray(image: np.ndarray | torch.Tensor, size: int = 256, name: str = "image") -> torch.Tensor:
+    """Grey image (H, W), any dtype -> float32 (size, size) in [0, 1]: pad square, resize, normalize."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise XRay2CTInputError(f"X-ray size must be a positive integer, got {size!r}")
+    if isinstance(image, torch.Tensor):
+        img = image.detach().float()
+    else:
+        img = torch.from_numpy(np.asarray(image, dtype=np.float32))
+    if img.ndim != 2 or min(img.shape) < 1:
+        raise XRay2CTInputError(f"{name}: expected a 2D grey image, got shape {tuple(img.shape)}")
+    if not torch.isfinite(img).all():
+        bad = int((~torch.isfinite(img)).sum())
+        raise XRay2CTInputError(f"{name}: {bad} pixel(s) are NaN or infinite")
+    lo, hi = img.min().item(), img.max().item()
+    if lo == hi:
+        raise XRay2CTInputError(f"{name}: image is constant (every pixel = {lo:g}); there is nothing to normalize")
+    img = _resize(_pad_square(img), size)
+    return robust_normalize(img).contiguous()
+
+
+def _pad_square(img: torch.Tensor) -> torch.Tensor:
+    """(H, W) -> (L, L), L = max(H, W), centred; fill = median of the borders being padded."""
+    h, w = img.shape
+    if h == w:
+        return img
+    if h > w:
+        fill = torch.cat([img[:, 0], img[:, -1]]).median().item()
+        left = (h - w) // 2
+        return F.pad(img, (left, h - w - left, 0, 0), value=fill)
+    fill = torch.cat([img[0], img[-1]]).median().item()
+    top = (w - h) // 2
+    return F.pad(img, (0, 0, top, w - h - top), value=fill)
+
+
+def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Square (L, L) -> (size, size): area when shrinking, bilinear when growing."""
+    if img.shape[-1] == size:
+        return img
+    x = img[None, None]  # (1, 1, L, L)
+    if img.shape[-1] > size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear")
+    else:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x[0, 0]
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def read_xray_array(path: str | Path) -> np.ndarray:
+    """Decode a radiograph file to a 2D grey array (raw values, bones bright for DICOM)."""
+    path = Path(path)
+    if not path.exists():
+        raise XRay2CTInputError(f"{path}: X-ray file not found")
+    if path.is_dir():
+        raise XRay2CTInputError(f"{path}: is a folder, expected an X-ray image file")
+    if path.stat().st_size == 0:
+        raise XRay2CTInputError(f"{path}: file is empty (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(132)
+    suffix = path.suffix.lower()
+    if suffix == ".npy" or head.startswith(b"\x93NUMPY"):
+        arr = _read_npy(path)
+    elif suffix in DICOM_SUFFIXES or head[128:132] == b"DICM":
+        arr = _read_dicom(path)
+    elif suffix in TIFF_SUFFIXES or head[:4] in (b"II*\x00", b"MM\x00*"):
+        arr = _read_tiff(path)
+    else:
+        arr = _read_pillow(path)
+    return _to_grey(arr, path)
+
+
+def _check_pixels(path: Path, n_pixels: int, shape: tuple) -> None:
+    """Refuse absurd sizes before decoding: the header's size is known, the pixels are not read yet."""
+    if n_pixels > MAX_PIXELS:
+        raise XRay2CTInputError(
+            f"{path}: image of shape {tuple(shape)} has {n_pixels / 1e6:.0f} megapixels, "
+            f"more than the {MAX_PIXELS / 1e6:.0f} MP limit; downsample it first")
+
+
+def _to_grey(arr: np.ndarray, path: Path) -> np.ndarray:
+    """(H, W), (H, W, 1..4) or singleton-padded -> (H, W); colour -> luminance, alpha dropped."""
+    if arr.dtype.kind not in "biuf":
+        raise XRay2CTInputError(f"{path}: pixel type {arr.dtype} is not a numeric image")
+    if arr.ndim == 3 and arr.shape[-1] in (2, 3, 4):
+        if arr.shape[-1] == 2:  # grey + alpha
+            arr = arr[..., 0]
+        else:  # RGB(A): luminance of the colour channels
+            arr = arr[..., :3].astype(np.float64) @ LUMA
+    # (1, H, W) / (H, W, 1) from npy or single-sample files
+    while arr.ndim > 2 and 1 in arr.shape:
+        arr = arr.squeeze(arr.shape.index(1))
+    if arr.ndim != 2:
+        raise XRay2CTInputError(f"{path}: expected a 2D image, got an array of shape {arr.shape}")
+    return arr
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")
+    except Exception as e:  # ValueError for pickles and bad headers, OSError for truncation
+        raise XRay2CTInputError(f"{path}: not a readable .npy array ({e})") from e
+    channels = arr.shape[-1] if arr.ndim == 3 and arr.shape[-1] <= 4 else 1
+    _check_pixels(path, arr.size // channels, arr.shape)  # on the memory map, before reading
+    return np.array(arr)
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above ~89 MP; our own MAX_PIXELS check replaces it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_pixels(path, im.height * im.width, (im.height, im.width))
+                im.load()  # decodes now, so a truncated file fails here
+                if im.mode in ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                    im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+                return np.array(im)
+    except Image.DecompressionBombError as e:
+        raise XRay2CTInputError(f"{path}: image exceeds the {MAX_PIXELS / 1e6:.0f} MP limit ({e})") from e
+    except UnidentifiedImageError as e:
+        raise XRay2CTInputError(
+            f"{path}: not a recognised image file (expected PNG, JPEG, TIFF, DICOM or .npy)") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, XRay2CTInputError):
+            raise
+        raise XRay2CTInputError(f"{path}: image file is damaged or truncated ({e})") from e
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]  # multi-page TIFF: first image, as for multi-frame DICOM
+            _check_pixels(path, page.imagelength * page.imagewidth, (page.imagelength, page.imagewidth))
+            arr = page.asarray()
+    except XRay2CTInputError:
+        raise
+    except Exception as e:  # tifffile raises TiffFileError, ValueError, struct errors on damaged files
+        raise XRay2CTInputError(f"{path}: not a readable TIFF image ({e})") from e
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar RGB (C, H, W) -> (H, W, C)
+    return arr
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, EOFError, ValueError) as e:
+        raise XRay2CTInputError(f"{path}: not a readable DICOM file ({e})") from e
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise XRay2CTInputError(f"{path}: DICOM file has no pixel data (not an image: modality "
+                                f"{ds.get('Modality', 'unknown')}, SOP class {ds.get('SOPClassUID', 'unknown')})")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    _check_pixels(path, rows * cols, (rows, cols))
+    try:
+        arr = ds.pixel_array
+    except Exception as e:  # missing decoder plugin, damaged pixel data
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise XRay2CTInputError(f"{path}: cannot decode DICOM pixel data (transfer syntax {syntax}): {e}") from e
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        arr = arr[0]  # multi-frame: first frame
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric.startswith("MONOCHROME"):
+        arr = apply_modality_lut(arr, ds).astype(np.float64)  # stored values -> e.g. HU / exposure
+        if photometric == "MONOCHROME1":
+            arr = arr.max() + arr.min() - arr  # MONOCHROME1: high values display dark; flip so bones are bright
+    return arr
