@@ -1,0 +1,121 @@
+"""`xray2ct` command line: a thin typer shell over typed functions in the package.
+
+Each command parses arguments, calls one function and reports; heavy libraries are
+imported inside the commands so `xray2ct --help` stays fast.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Reconstruct a 3D CT volume from a PA and a lateral X-ray.")
+console = Console(stderr=True)
+
+
+@app.command()
+def phantoms(
+    out: Path = typer.Option(..., help="Output folder (seed layout: {id}/{id}.nii.gz, {id}_pa_drr.png, {id}_lat_drr.png)."),
+    n: int = typer.Option(200, min=1, help="Number of phantoms."),
+    size: int = typer.Option(64, min=8, help="Volume size N (N³ voxels over a 320 mm field of view)."),
+    seed: int = typer.Option(0, help="Dataset seed; the same seed gives the same phantoms."),
+    xray_size: int = typer.Option(256, min=16, help="DRR detector size in pixels."),
+):
+    """Generate procedural chest phantoms with their PA and lateral DRRs, plus splits.json."""
+    from xray2ct.data.prepare import make_phantom_dataset
+
+    ids = make_phantom_dataset(out, n=n, size=size, seed=seed, xray_size=xray_size, progress=True)
+    console.print(f"[green]{len(ids)} phantoms[/green] in {out} (splits in {out / 'splits.json'})")
+
+
+@app.command()
+def prepare(
+    ct: List[Path] = typer.Option(..., help="CT inputs: NIfTI files, DICOM series folders, NPY/NPZ (repeat --ct)."),
+    out: Path = typer.Option(..., help="Output dataset folder (seed layout)."),
+    size: int = typer.Option(64, min=8, help="Output volume size N (N³)."),
+    xray_size: int = typer.Option(256, min=16, help="DRR detector size in pixels."),
+    fov_mm: float = typer.Option(320.0, help="Cube field of view cropped around the body, mm."),
+):
+    """Turn real CTs into training data: reorient, resample, crop, resize, render DRRs.
+
+    Resumable (cases already written are skipped); bad cases are listed and skipped.
+    """
+    from xray2ct.data.prepare import prepare_cts
+
+    report = prepare_cts(ct, out, size=size, xray_size=xray_size, fov_mm=fov_mm, progress=True)
+    console.print(f"done {len(report.done)}, skipped (already there) {len(report.skipped)}, failed {len(report.failed)}")
+    if report.failed:
+        t = Table("input", "problem", title="failed cases")
+        for path, why in report.failed:
+            t.add_row(str(path), why)
+        console.print(t)
+        raise typer.Exit(1 if not report.done and not report.skipped else 0)
+
+
+@app.command()
+def info(config: Path = typer.Option(..., help="JSON config file.")):
+    """Parameters per component, token count, FLOPs and activation memory of a config's model."""
+    from xray2ct.config import load_config
+    from xray2ct.models.summary import model_summary
+
+    s = model_summary(load_config(config))
+    t = Table("component", "parameters", title=f"{config}")
+    for name, count in s["parameters"].items():
+        t.add_row(name, f"{count:,}")
+    Console().print(t)
+    for key, value in s.items():
+        if key != "parameters":
+            Console().print(f"{key}: {value}")
+
+
+@app.command()
+def benchmark(
+    suite: str = typer.Option("all", help="projector | data | all"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    out: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update (its section per suite)."),
+    quick: bool = typer.Option(False, help="Tiny sizes and few repeats (a smoke run)."),
+):
+    """Time the suites and write their tables into docs/BENCHMARKS.md."""
+    from xray2ct.benchmark import SUITES, data_suite, projector_suite, write_section
+
+    names = list(SUITES) if suite == "all" else [suite]
+    for name in names:
+        if name not in SUITES:
+            raise typer.BadParameter(f"unknown suite {name!r}; valid: {', '.join(SUITES)}, all", param_hint="--suite")
+    command = "xray2ct " + " ".join(sys.argv[1:])
+    for name in names:
+        console.print(f"running suite [bold]{name}[/bold] on {device} …")
+        if name == "projector":
+            body = projector_suite(device, sizes=(16, 32) if quick else (64, 128, 256), det=32 if quick else 256, quick=quick)
+        else:
+            body = data_suite(size=16 if quick else 64, n=2 if quick else 5)
+        Console().print(body)
+        if out is not None:
+            write_section(out, name, body, command, device)
+    if out is not None:
+        console.print(f"tables written to {out}")
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("xray2ct-demo"), help="Output folder.")):
+    """Generate a chest phantom, render its PA and lateral DRRs and save a montage."""
+    from xray2ct.engine.demo import run_demo
+
+    for line in run_demo(out):
+        console.print(line)
+
+
+def main() -> None:
+    """Console entry point: user errors become one clear line, not a traceback."""
+    from xray2ct.errors import USER_ERRORS
+
+    try:
+        app()
+    except USER_ERRORS as e:
+        console.print(f"[red]error:[/red] {e}")
+        sys.exit(2)

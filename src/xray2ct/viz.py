@@ -1,0 +1,56 @@
+"""Pictures: three-plane slice views and montages (matplotlib, headless)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from xray2ct.fileio import atomic_path
+
+PLANES = ("axial", "coronal", "sagittal")
+
+
+def plane_slice(vol: np.ndarray, plane: str, index: int | None = None) -> np.ndarray:
+    """A 2D slice of a (D, H, W) volume, oriented as radiologists read it.
+
+    axial (h, w): anterior at the top, patient right on the image's left;
+    coronal (d, w) and sagittal (d, h): head at the top (sagittal: anterior on the left).
+    """
+    axis = {"axial": 0, "coronal": 1, "sagittal": 2}[plane]
+    index = vol.shape[axis] // 2 if index is None else index
+    return np.take(vol, index, axis=axis)
+
+
+def save_montage(path: str | os.PathLike, panels: list[dict], ncols: int = 3, title: str | None = None,
+                 colorbar_label: str | None = None, dpi: int = 110) -> None:
+    """Grid of images. Each panel: {"image": 2D array, "title": str, "cmap": str, "vmin", "vmax"}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, p in zip(axes.flat, panels):
+        im = ax.imshow(p["image"], cmap=p.get("cmap", "gray"), vmin=p.get("vmin"), vmax=p.get("vmax"))
+        ax.set_title(p.get("title", ""), fontsize=9)
+        if p.get("colorbar"):
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label(colorbar_label or "", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+
+
+def ct_and_drr_montage(path, hu: np.ndarray, pa: np.ndarray, lat: np.ndarray, title: str | None = None) -> None:
+    """PA and lateral DRRs beside axial/coronal/sagittal CT slices (HU, soft-tissue-to-bone window)."""
+    panels = [{"image": pa, "title": "PA DRR"}, {"image": lat, "title": "lateral DRR"}, {"image": None}]
+    panels = panels[:2] + [
+        {"image": plane_slice(hu, p), "title": f"CT {p}", "vmin": -1000, "vmax": 1000, "colorbar": p == "sagittal"}
+        for p in PLANES
+    ]
+    save_montage(path, panels, ncols=5, title=title, colorbar_label="HU")
