@@ -234,6 +234,14 @@ def test_absurd_size_refused_before_decoding(tmp_path, monkeypatch, suffix):
         load_xray(path, size=32)
 
 
+def test_nearly_constant_image_warns(tmp_path):
+    img = np.zeros((64, 64))
+    img[5, 7] = 1.0  # one bright pixel: the 0.5-99.5 % window has zero width
+    np.save(tmp_path / "dot.npy", img)
+    with pytest.warns(UserWarning, match="same value"):
+        load_xray(tmp_path / "dot.npy", size=64)
+
+
 def test_bad_size_argument(tmp_path):
     path = save_png(tmp_path / "a.png", PIC)
     for size in (0, -3, 2.5):

@@ -55,8 +55,11 @@ def prepare_xray(image: np.ndarray | torch.Tensor, size: int = 256, name: str = 
     lo, hi = img.min().item(), img.max().item()
     if lo == hi:
         raise XRay2CTInputError(f"{name}: image is constant (every pixel = {lo:g}); there is nothing to normalize")
-    img = _resize(_pad_square(img), size)
-    return robust_normalize(img).contiguous()
+    out = robust_normalize(_resize(_pad_square(img), size)).contiguous()
+    if (out == 0).float().mean() > 0.95:  # >99% of pixels share one value: the percentile window collapsed
+        warnings.warn(f"{name}: almost every pixel has the same value; the normalized image is "
+                      "black and white only (is this a radiograph?)", stacklevel=2)
+    return out
 
 
 def _pad_square(img: torch.Tensor) -> torch.Tensor:
@@ -79,7 +82,7 @@ def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
         return img
     x = img[None, None]  # (1, 1, L, L)
     if img.shape[-1] > size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear")
+        x = F.interpolate(x, size=(size, size), mode="area")
     else:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x[0, 0]

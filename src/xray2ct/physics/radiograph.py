@@ -40,6 +40,14 @@ def _gaussian_blur(img: torch.Tensor, sigma_px: float) -> torch.Tensor:
     return F.conv2d(F.pad(img, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
 
 
+def _wide_blur(img: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """A wide Gaussian blur computed at reduced resolution (scatter fog is smooth), same shape out."""
+    factor = max(1, int(sigma_px // 2))
+    small = F.avg_pool2d(img, factor, ceil_mode=True) if factor > 1 else img
+    fog = _gaussian_blur(small, sigma_px / factor)
+    return F.interpolate(fog, size=img.shape[-2:], mode="bilinear", align_corners=False) if factor > 1 else fog
+
+
 @dataclass(frozen=True)
 class RadiographStyle:
     """Random film-like degradations, each drawn uniformly from [0, max] (or a range).
@@ -67,7 +75,7 @@ class RadiographStyle:
         n, _, h, w = img.shape
         img = _gaussian_blur(img, u(0, self.blur_px))
         s = u(0, self.scatter)
-        img = (1 - s) * img + s * _gaussian_blur(img, max(h, w) / 8)
+        img = (1 - s) * img + s * _wide_blur(img, max(h, w) / 8)
         angle = math.radians(u(-self.rotate_deg, self.rotate_deg))
         if angle:
             rot = torch.tensor([[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0]], dtype=img.dtype)
