@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import typer
 from rich.console import Console
@@ -40,6 +40,9 @@ def prepare(
     size: int = typer.Option(64, min=8, help="Output volume size N (N³)."),
     xray_size: int = typer.Option(256, min=16, help="DRR detector size in pixels."),
     fov_mm: float = typer.Option(320.0, help="Cube field of view cropped around the body, mm."),
+    spacing: Optional[Tuple[float, float, float]] = typer.Option(
+        None, help="Voxel spacing D H W in mm for NPY/NPZ inputs (their files carry none)."),
+    seed: int = typer.Option(0, help="Seed of the train/val/test split."),
 ):
     """Turn real CTs into training data: reorient, resample, crop, resize, render DRRs.
 
@@ -47,7 +50,8 @@ def prepare(
     """
     from xray2ct.data.prepare import prepare_cts
 
-    report = prepare_cts(ct, out, size=size, xray_size=xray_size, fov_mm=fov_mm, progress=True)
+    report = prepare_cts(ct, out, size=size, xray_size=xray_size, fov_mm=fov_mm, progress=True,
+                         spacing=spacing, seed=seed)
     console.print(f"done {len(report.done)}, skipped (already there) {len(report.skipped)}, failed {len(report.failed)}")
     if report.failed:
         t = Table("input", "problem", title="failed cases")
@@ -55,6 +59,45 @@ def prepare(
             t.add_row(str(path), why)
         console.print(t)
         raise typer.Exit(1 if not report.done and not report.skipped else 0)
+
+
+def _parse_sets(sets: list[str]) -> dict:
+    """["training.num_epochs=1", ...] -> {"training.num_epochs": "1"} (values parsed by the config)."""
+    out = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected key=value (e.g. training.num_epochs=3), got {item!r}", param_hint="--set")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(Path("configs/cpu-small.json"), help="JSON config file."),
+    data: Optional[Path] = typer.Option(None, help="Dataset folder; default: the config's data.dataset_path, else "
+                                        "phantoms generated into ~/.cache/xray2ct."),
+    out: Path = typer.Option(Path("runs/train"), help="Run folder: checkpoints, metrics.csv, tensorboard/, config."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config value, e.g. --set training.num_epochs=3."),
+    resume: bool = typer.Option(False, help="Continue exactly from OUT/last.safetensors."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="Stop after this many optimizer steps."),
+    time_budget: Optional[float] = typer.Option(None, help="Stop (with a checkpoint) after this many seconds."),
+):
+    """Train a model. Multi-GPU: torchrun --nproc_per_node=N -m xray2ct.cli train ..."""
+    import logging
+
+    from xray2ct.config import load_config
+    from xray2ct.engine.train import train as run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_config(config, overrides=_parse_sets(set_))
+    result = run_training(cfg, out, data_dir=data, resume=resume, device=device, max_steps=max_steps,
+                          time_budget_s=time_budget)
+    if result.stopped_early:
+        console.print(f"[yellow]stopped:[/yellow] {result.stopped_early}")
+    best = f"best val PSNR {result.best_psnr:.2f} dB" if result.history else "no validation yet"
+    console.print(f"step {result.step}, epoch {result.epoch}; {best}; checkpoints in {out}")
 
 
 @app.command()
@@ -119,3 +162,7 @@ def main() -> None:
     except USER_ERRORS as e:
         console.print(f"[red]error:[/red] {e}")
         sys.exit(2)
+
+
+if __name__ == "__main__":  # `python -m xray2ct.cli` (used by torchrun)
+    main()

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from xray2ct import Geometry, project
-from xray2ct.data.ctio import atomic_write, save_nifti
+from xray2ct.data.ctio import save_nifti
+from xray2ct.fileio import atomic_path
 from xray2ct.physics.hu import hu_to_mu
 from xray2ct.physics.radiograph import drr_to_radiograph
 
@@ -59,7 +60,7 @@ def save_png16(path: str | os.PathLike, img: np.ndarray) -> Path:
 
     data = np.rint(np.clip(img, 0, 1) * 65535).astype(np.uint16)
     path = Path(path)
-    with atomic_write(path) as tmp:
+    with atomic_path(path) as tmp:
         Image.fromarray(data).save(tmp, format="PNG")  # uint16 -> mode "I;16"
     return path
 
@@ -112,7 +113,7 @@ def write_splits(root: str | os.PathLike, seed: int = 0, fractions=(0.8, 0.1, 0.
     """Split the cases found under root (see `split_ids`) and write root/splits.json."""
     splits = split_ids(find_cases(root), seed=seed, fractions=fractions)
     path = Path(root) / "splits.json"
-    with atomic_write(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(splits, indent=1) + "\n")
     log.info("%s: train %d, val %d, test %d", path, *(len(splits[k]) for k in SPLITS))
     return splits

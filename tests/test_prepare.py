@@ -1,0 +1,148 @@
+"""Dataset layout (write_case, splits) and the resumable builders in prepare.py."""
+from __future__ import annotations
+
+import json
+import types
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from xray2ct import Geometry
+from xray2ct.data import layout
+from xray2ct.data.ctio import load_volume, save_nifti
+from xray2ct.data.prepare import case_id_for, make_phantom_dataset, prepare_cts
+
+
+def toy_chest(size: int = 32, fov_mm: float = 320.0) -> np.ndarray:
+    """Water body with two lungs left and right of a posterior spine, (d, h, w) HU."""
+    axis = (np.arange(size) - (size - 1) / 2) * fov_mm / size
+    d, h, w = np.meshgrid(axis, axis, axis, indexing="ij")
+    hu = np.full((size,) * 3, -1024.0, np.float32)
+    hu[(h / 100) ** 2 + (w / 140) ** 2 < 1] = 40
+    for side in (-60, 60):
+        hu[((h + 10) / 60) ** 2 + ((w - side) / 40) ** 2 < 1] = -800
+    hu[(h - 60) ** 2 + w**2 < 20**2] = 700
+    return hu
+
+
+def test_write_case_files_and_bones_bright(tmp_path):
+    hu, spacing = toy_chest(), (10.0, 10.0, 10.0)
+    folder = layout.write_case(tmp_path, "c1", hu, spacing, xray_size=64)
+    assert sorted(p.name for p in folder.iterdir()) == ["c1.nii.gz", "c1_lat_drr.png", "c1_pa_drr.png"]
+    back, sp = load_volume(folder / "c1.nii.gz")
+    np.testing.assert_array_equal(back, np.rint(hu))
+    assert sp == spacing
+    assert nib.load(folder / "c1.nii.gz").get_data_dtype() == np.int16
+    for view in ("pa", "lat"):
+        img = Image.open(layout.xray_path(tmp_path, "c1", view))
+        assert img.mode == "I;16" and img.size == (64, 64)
+        a = np.array(img)
+        assert a.max() > 0.9 * 65535 and a.std() > 1000
+    pa = np.array(Image.open(layout.xray_path(tmp_path, "c1", "pa")), dtype=float)
+    g = Geometry(volume_shape=hu.shape, voxel_mm=spacing, det_shape=(64, 64))
+    _, cols, _ = g.project_points(torch.tensor([[0.0, 0.0, 0.0], [0.0, -10.0, 60.0]]), "pa")
+    spine, lung = (int(round(c)) for c in cols.tolist())
+    rows = slice(24, 40)
+    assert pa[rows, spine].mean() > pa[rows, lung].mean() + 0.2 * 65535  # spine bright, lung dark
+
+
+def test_split_ids_deterministic_and_disjoint():
+    ids = [f"case{i:02d}" for i in range(20)]
+    a = layout.split_ids(ids, seed=0)
+    assert a == layout.split_ids(list(reversed(ids)), seed=0)  # input order does not matter
+    assert a != layout.split_ids(ids, seed=1)
+    assert [len(a[k]) for k in layout.SPLITS] == [16, 2, 2]
+    assert sorted(sum(a.values(), [])) == ids  # every id exactly once
+    small = layout.split_ids(["a", "b", "c"], seed=3)
+    assert [len(small[k]) for k in layout.SPLITS] == [1, 1, 1]
+    with pytest.raises(ValueError, match="fractions"):
+        layout.split_ids(ids, fractions=(0.8, 0.3, 0.1))
+
+
+def test_write_splits_uses_cases_on_disk(tmp_path):
+    for i in range(5):
+        layout.volume_path(tmp_path, f"p{i}").parent.mkdir()
+        layout.volume_path(tmp_path, f"p{i}").touch()
+    (tmp_path / "stray").mkdir()  # no volume: not a case
+    splits = layout.write_splits(tmp_path, seed=7)
+    assert layout.find_cases(tmp_path) == [f"p{i}" for i in range(5)]
+    assert json.loads((tmp_path / "splits.json").read_text()) == splits
+    assert sorted(sum(splits.values(), [])) == [f"p{i}" for i in range(5)]
+    assert splits["val"] and splits["test"]
+
+
+def test_case_id_sanitized():
+    assert case_id_for("/data/LIDC-IDRI-0001") == "LIDC-IDRI-0001"
+    assert case_id_for("scans/pat 7 (arterial).nii.gz") == "pat_7_arterial"
+    assert case_id_for("x/ct.v2.npy") == "ct_v2"
+
+
+def test_prepare_cts_resumable_and_keeps_going(tmp_path, caplog):
+    src = tmp_path / "src"
+    src.mkdir()
+    save_nifti(src / "good.nii.gz", toy_chest(40, 200.0), 5.0)
+    np.save(src / "arr.npy", toy_chest(24, 300.0))
+    (src / "bad.txt").write_text("not a CT")
+    save_nifti(src / "tiny.nii.gz", np.zeros((3, 20, 20)), 1.0)
+    paths = [src / n for n in ("good.nii.gz", "bad.txt", "arr.npy", "tiny.nii.gz")]
+    out = tmp_path / "out"
+
+    report = prepare_cts(paths, out, size=16, xray_size=32, spacing=12.5, progress=False)
+    assert report.done == ["good", "arr"] and report.skipped == []
+    failed = dict(report.failed)
+    assert set(failed) == {str(src / "bad.txt"), str(src / "tiny.nii.gz")}
+    assert "bad.txt" in failed[str(src / "bad.txt")]
+    assert "too small" in failed[str(src / "tiny.nii.gz")]
+    hu, sp = load_volume(layout.volume_path(out, "good"))
+    assert hu.shape == (16, 16, 16) and sp == (20.0, 20.0, 20.0)
+    assert sorted(sum(json.loads((out / "splits.json").read_text()).values(), [])) == ["arr", "good"]
+
+    again = prepare_cts(paths, out, size=16, xray_size=32, spacing=12.5, progress=False)
+    assert again.done == [] and again.skipped == ["good", "arr"] and len(again.failed) == 2
+    assert not [p for p in out.rglob(".*")]  # no temp files left behind
+
+
+def _phantom_module():
+    try:
+        from xray2ct.data import phantoms
+
+        return phantoms
+    except ImportError:  # phantoms.py not written yet: a stand-in with its signature
+        def chest_phantom(size: int, seed: int, fov_mm: float = 320.0) -> np.ndarray:
+            hu = toy_chest(size, fov_mm)
+            return hu + np.random.default_rng(seed).normal(0, 20, hu.shape).astype(np.float32)
+
+        return types.SimpleNamespace(chest_phantom=chest_phantom)
+
+
+def test_make_phantom_dataset_resumes_and_seeds_differ(tmp_path, monkeypatch):
+    module = _phantom_module()
+    real = module.chest_phantom
+    calls = []
+
+    def counting(size, seed, fov_mm=320.0):
+        calls.append(seed)
+        return real(size, seed, fov_mm=fov_mm)
+
+    stand_in = types.ModuleType("xray2ct.data.phantoms")
+    stand_in.chest_phantom = counting
+    monkeypatch.setitem(__import__("sys").modules, "xray2ct.data.phantoms", stand_in)
+
+    ids = make_phantom_dataset(tmp_path / "a", n=3, size=32, seed=0, xray_size=32, progress=False)
+    assert ids == ["phantom_0000", "phantom_0001", "phantom_0002"] == layout.find_cases(tmp_path / "a")
+    assert len(set(calls)) == 3 and (tmp_path / "a" / "splits.json").is_file()
+    hu, sp = load_volume(layout.volume_path(tmp_path / "a", "phantom_0001"))
+    assert hu.shape == (32,) * 3 and sp == (10.0, 10.0, 10.0)
+
+    calls.clear()
+    layout.xray_path(tmp_path / "a", "phantom_0002", "lat").unlink()  # an interrupted case
+    make_phantom_dataset(tmp_path / "a", n=3, size=32, seed=0, xray_size=32, progress=False)
+    assert len(calls) == 1  # only the incomplete case is redone
+
+    make_phantom_dataset(tmp_path / "b", n=1, size=32, seed=1, xray_size=32, progress=False)
+    other, _ = load_volume(layout.volume_path(tmp_path / "b", "phantom_0000"))
+    first, _ = load_volume(layout.volume_path(tmp_path / "a", "phantom_0000"))
+    assert not np.array_equal(first, other)  # another seed, another dataset
