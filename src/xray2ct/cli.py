@@ -54,10 +54,9 @@ def prepare(
                          spacing=spacing, seed=seed)
     console.print(f"done {len(report.done)}, skipped (already there) {len(report.skipped)}, failed {len(report.failed)}")
     if report.failed:
-        t = Table("input", "problem", title="failed cases")
+        console.print("[red]failed cases[/red] (input: problem):")
         for path, why in report.failed:
-            t.add_row(str(path), why)
-        console.print(t)
+            console.print(f"  {path}: {why}", soft_wrap=True)
         raise typer.Exit(1 if not report.done and not report.skipped else 0)
 
 
@@ -104,9 +103,11 @@ def train(
 def info(config: Path = typer.Option(..., help="JSON config file.")):
     """Parameters per component, token count, FLOPs and activation memory of a config's model."""
     from xray2ct.config import load_config
+
+    cfg = load_config(config)
     from xray2ct.models.summary import model_summary
 
-    s = model_summary(load_config(config))
+    s = model_summary(cfg)
     t = Table("component", "parameters", title=f"{config}")
     for name, count in s["parameters"].items():
         t.add_row(name, f"{count:,}")

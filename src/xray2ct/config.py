@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from xray2ct.errors import UserError
 from xray2ct.geometry import Geometry
 
 ATTENTION_KINDS = ("mhsa", "cga")
@@ -31,7 +32,7 @@ LAYOUTS = ("sandwich", "standard")
 XRAY_STRIDE = 16  # the 2D encoder downsamples X-rays by 16; their side must divide by it
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is invalid; the message names the file and key."""
 
 
@@ -56,7 +57,9 @@ class ModelConfig:
     ffn_ratio: float = 2.0  # FFN hidden = ffn_ratio * voxel_dim (EfficientViT: 2, ViT: 4)
     kv_pool: int = 2  # K/V average-pool factor per axis for multi-scale/pooled attention
     encoder_channels: tuple[int, ...] = (32, 64, 128, 256)  # 2D encoder stage widths
-    decoder_channels: tuple[int, ...] = (128, 64, 32)  # 3D decoder width per x2 upsampling stage
+    # 3D decoder width per x2 upsampling stage, G³ -> N³: log2(N / G) entries. Two for the
+    # default grid N // 4 (the contract's sketch listed three, which would decode to 2N).
+    decoder_channels: tuple[int, ...] = (128, 64)
     cnn_expand: int = 4  # MBConv expansion ratio
     drop_path: float = 0.0  # stochastic depth rate in the transformer stack
 
@@ -308,7 +311,7 @@ def validate_config(cfg: Config, source: str = "<config>") -> None:
     need(g.fov_mm > 0 and g.mu_water > 0, f"geometry.fov_mm ({g.fov_mm}) and geometry.mu_water ({g.mu_water}) must be > 0")
     need(0 < g.source_iso_mm < g.source_det_mm,
          f"need 0 < geometry.source_iso_mm ({g.source_iso_mm}) < geometry.source_det_mm ({g.source_det_mm})")
-    # The volume's corner must stay in front of the source in both views.
+    # The volume must not reach the source (Geometry checks the same).
     need(g.fov_mm / 2 < g.source_iso_mm,
          f"geometry.fov_mm/2 ({g.fov_mm / 2}) must be smaller than geometry.source_iso_mm ({g.source_iso_mm})")
 
@@ -339,7 +342,11 @@ def _check_grid(m: ModelConfig, need) -> None:
 # --- files and overrides --------------------------------------------------------------
 def _parse_override(key: str, value: Any, source: str) -> tuple[str, str, Any]:
     """'section.key' and a value (maybe a CLI string) -> (section, key, JSON value)."""
-    section, _, name = key.partition(".")
+    section, dot, name = key.partition(".")
+    if not dot:  # a bare key: point at the section that has it
+        owners = [f"{s}.{key}" for s, cls in SECTIONS.items() if key in _field_types(cls)]
+        hint = f"; did you mean {owners[0]!r}?" if owners else ", e.g. 'model.voxel_dim'"
+        raise ConfigError(f"override key {key!r} in {source} must be 'section.key'{hint}")
     if section not in SECTIONS:
         raise ConfigError(f"unknown section {section!r} in {source} key {key!r}{_suggest(section, SECTIONS)}")
     types = _field_types(SECTIONS[section])
@@ -380,7 +387,8 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Confi
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a JSON object, got {type(raw).__name__}")
         raw = apply_overrides(raw, overrides, source=f"overrides to {path}")
-    return config_from_dict(raw, source=str(path))
+    source = f"{path} with overrides {', '.join(map(str, overrides))}" if overrides else str(path)
+    return config_from_dict(raw, source=source)
 
 
 def override_config(cfg: Config, overrides: dict | None, source: str = "overrides") -> Config:
