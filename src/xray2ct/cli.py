@@ -100,6 +100,75 @@ def train(
 
 
 @app.command()
+def evaluate(
+    checkpoint: Path = typer.Option(..., help="Checkpoint (.safetensors) or training run folder."),
+    data: Path = typer.Option(..., help="Dataset folder (seed layout)."),
+    split: str = typer.Option("test", help="Split to evaluate: train | val | test | all."),
+    out: Optional[Path] = typer.Option(None, help="Output folder; default: CHECKPOINT's folder/eval_SPLIT."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    batch_size: int = typer.Option(2, min=1, help="Cases per forward pass."),
+    montages: Optional[int] = typer.Option(None, min=0, help="Montages for the first this-many cases (default: all)."),
+):
+    """Metrics per case (ours and the X2CT-GAN protocol, projection consistency), summary with 95% CIs, montages."""
+    from xray2ct.engine.evaluate import METRICS
+    from xray2ct.engine.evaluate import evaluate as run_evaluation
+
+    result = run_evaluation(checkpoint, data, split=None if split == "all" else split, out=out, device=device,
+                            batch_size=batch_size, montages=montages, progress=True)
+    t = Table("metric", "protocol", "mean", "std", "95% CI", "n", title=f"{result.summary['split']} split, "
+              f"{result.summary['n_cases']} case(s)")
+    for name, s in result.summary["metrics"].items():
+        unit = f" {METRICS[name][1]}" if METRICS[name][1] else ""
+        ci = f"[{s['ci95'][0]:.4g}, {s['ci95'][1]:.4g}]" if s["ci95"] else "-"
+        t.add_row(name, s["protocol"], f"{s['mean']:.4g}{unit}", "-" if s["std"] is None else f"{s['std']:.3g}", ci,
+                  str(s["n"]))
+    Console().print(t)
+    console.print(f"per_case.csv, summary.json and {len(result.montages)} montage(s) in {result.out}")
+
+
+@app.command()
+def reconstruct(
+    pa: Optional[Path] = typer.Option(None, help="PA radiograph (PNG, JPEG, TIFF, DICOM, NPY)."),
+    lat: Optional[Path] = typer.Option(None, help="Lateral radiograph."),
+    out: Path = typer.Option(..., help="Output volume (.nii.gz/.nii, .npy, or a folder for --format dicom); "
+                             "with --batch, an output folder."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint or run folder; default: bundled weights."),
+    uncertainty: Optional[Path] = typer.Option(None, help="Also write the predicted std (HU) here (.nii.gz/.npy); "
+                                               "with --batch: any value writes {id}_uncertainty.nii.gz."),
+    preview: Optional[Path] = typer.Option(None, help="Also write a three-plane preview PNG here; with --batch: "
+                                           "any value writes {id}_preview.png."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    upscale: Optional[Tuple[int, int, int]] = typer.Option(None, help="Resample the output to D H W voxels (trilinear)."),
+    format_: str = typer.Option("nifti", "--format", help="nifti | npy | dicom (a folder of axial CT slices)."),
+    overwrite: bool = typer.Option(False, help="Replace existing outputs."),
+    batch: Optional[Path] = typer.Option(None, help="Reconstruct every {id}_pa* / {id}_lat* pair in this folder."),
+):
+    """Reconstruct a CT volume (HU) from a PA and a lateral X-ray."""
+    from xray2ct.engine import reconstruct as R
+
+    if batch is not None:
+        report = R.reconstruct_batch(batch, out, checkpoint=checkpoint, device=device, upscale=upscale, fmt=format_,
+                                     overwrite=overwrite, uncertainty=uncertainty is not None,
+                                     preview=preview is not None, progress=True)
+        console.print(f"written {len(report.done)}, skipped (exist; --overwrite to redo) {len(report.skipped)}, "
+                      f"failed {len(report.failed)} -> {out}")
+        if report.failed:
+            t = Table("id", "problem", title="failed pairs")
+            for cid, why in report.failed:
+                t.add_row(cid, why)
+            console.print(t)
+            raise typer.Exit(1 if not report.done and not report.skipped else 0)
+        return
+    missing = [name for name, value in (("--pa", pa), ("--lat", lat)) if value is None]
+    if missing:
+        raise typer.BadParameter(f"{' and '.join(missing)} required (or --batch DIR)", param_hint=missing[0])
+    path = R.reconstruct(pa, lat, out, checkpoint=checkpoint, uncertainty=uncertainty, preview=preview, device=device,
+                         upscale=upscale, fmt=format_, overwrite=overwrite)
+    extras = [str(p) for p in (uncertainty, preview) if p is not None]
+    console.print(f"[green]wrote[/green] {path}" + (f" (+ {', '.join(extras)})" if extras else ""))
+
+
+@app.command()
 def info(config: Path = typer.Option(..., help="JSON config file.")):
     """Parameters per component, token count, FLOPs and activation memory of a config's model."""
     from xray2ct.config import load_config
@@ -161,7 +230,7 @@ def main() -> None:
     try:
         app()
     except USER_ERRORS as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)  # one line, whatever the terminal width
         sys.exit(2)
 
 

@@ -83,6 +83,7 @@ class TrainingConfig:
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     seed: int = 0  # RNG seed for init, shuffling and augmentation
     deterministic: bool = False  # torch deterministic algorithms (slower)
+    max_bad_steps: int = 5  # non-finite losses in a row before training stops
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class LoggingConfig:
     log_interval: int = 10  # steps between training log lines
     val_interval: int = 1  # epochs between validations
     save_checkpoint_interval: int = 1  # epochs between checkpoints
+    checkpoint_every_steps: int = 0  # also save `last` every this many steps (0: only per epoch)
 
 
 @dataclass(frozen=True)
@@ -306,7 +308,9 @@ def validate_config(cfg: Config, source: str = "<config>") -> None:
     need(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
     need(d.prefetch_factor >= 1, f"data.prefetch_factor must be >= 1, got {d.prefetch_factor}")
     for f in fields(lg):
-        need(getattr(lg, f.name) >= 1, f"logging.{f.name} must be >= 1, got {getattr(lg, f.name)}")
+        low = 0 if f.name == "checkpoint_every_steps" else 1  # 0 turns step checkpoints off
+        need(getattr(lg, f.name) >= low, f"logging.{f.name} must be >= {low}, got {getattr(lg, f.name)}")
+    need(t.max_bad_steps >= 1, f"training.max_bad_steps must be >= 1, got {t.max_bad_steps}")
 
     need(g.fov_mm > 0 and g.mu_water > 0, f"geometry.fov_mm ({g.fov_mm}) and geometry.mu_water ({g.mu_water}) must be > 0")
     need(0 < g.source_iso_mm < g.source_det_mm,

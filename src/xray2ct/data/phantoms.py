@@ -69,7 +69,7 @@ TEXTURE_HU = {Tissue.FAT: 10, Tissue.MUSCLE: 8, Tissue.LUNG: 25, Tissue.LIVER: 6
 
 N_RIBS = 12  # per side
 VESSEL_ROOTS = 8  # pulmonary vessel trees per lung
-VESSEL_GENERATIONS = 4  # each branch splits in two, 2**4 - 1 segments per tree
+VESSEL_GENERATIONS = 5  # each branch splits in two: 2**5 - 1 segments per tree
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class PhantomParams:
         return cls(
             torso_w=130.0 * u(0.88, 1.12),
             torso_h=95.0 * u(0.88, 1.12),
-            fat_mm=u(6.0, 26.0),
+            fat_mm=u(5.0, 22.0),
             shoulder_z=u(-125.0, -108.0),
             rotation_deg=u(-5.0, 5.0),
             shift_mm=tuple(u(-1, 1, 3) * np.array([12.0, 8.0, 8.0])),
@@ -179,34 +179,64 @@ class _Canvas:
         sl, z, y, x = reg
         self.paint(sl, self.occupancy(sd_fn(z, y, x)), tissue, value)
 
-    def tubes(self, segments, shells=(0.0,)):
+    def tubes(self, segments, shells=(0.0,), chunk: int = 64):
         """Occupancy of capsules (a, b, radius_a, radius_b) united by max, once per radius
         offset in `shells` (a tube and its thinner core share one distance computation).
-        Returns (slices of the touched box, [occupancy over that box per shell])."""
-        bufs = [np.zeros_like(self.hu) for _ in shells]
-        lo, hi = [len(self.axis)] * 3, [0] * 3
-        for a, b, ra, rb in segments:
-            pad = max(ra, rb, 0.5 * self.vox) + self.vox
-            reg = self.region(np.minimum(a, b) - pad, np.maximum(a, b) + pad)
-            if reg is None:
-                continue
-            sl, z, y, x = reg
-            lo = [min(v, q.start) for v, q in zip(lo, sl)]
-            hi = [max(v, q.stop) for v, q in zip(hi, sl)]
-            ab = b - a
-            dz, dy, dx = z - a[0], y - a[1], x - a[2]
-            t = np.clip((dz * ab[0] + dy * ab[1] + dx * ab[2]) / max(ab @ ab, 1e-9), 0.0, 1.0)
-            dist = np.sqrt((dz - t * ab[0]) ** 2 + (dy - t * ab[1]) ** 2 + (dx - t * ab[2]) ** 2)
+        Returns (slices of the touched box, [occupancy over that box per shell]).
+
+        Segments are rendered in batches: each gets a voxel patch around its bounding box,
+        padded to the largest patch of its batch, so hundreds of vessels cost a few numpy calls."""
+        n = len(self.axis)
+        bufs = [np.zeros(n**3, np.float32) for _ in shells]
+        if not segments:
+            return (slice(0, 0),) * 3, [buf.reshape((n,) * 3)[:0, :0, :0] for buf in bufs]
+        a = np.array([seg[0] for seg in segments], np.float64)  # (S, 3) patient mm
+        b = np.array([seg[1] for seg in segments], np.float64)
+        ra = np.array([seg[2] for seg in segments])[:, None]  # (S, 1)
+        rb = np.array([seg[3] for seg in segments])[:, None]
+        pad = np.maximum(np.maximum(ra, rb), 0.5 * self.vox) + self.vox
+        lo, hi = np.minimum(a, b) - pad, np.maximum(a, b) + pad
+        # Patient box -> world box: rotate the four (y, x) corners about d, then shift.
+        c, s_ = self.cos, self.sin
+        corners = [(y, x) for y in (lo[:, 1], hi[:, 1]) for x in (lo[:, 2], hi[:, 2])]
+        wy = np.stack([c * y - s_ * x for y, x in corners])
+        wx = np.stack([s_ * y + c * x for y, x in corners])
+        wlo = np.stack([lo[:, 0], wy.min(0), wx.min(0)], 1) + self.shift
+        whi = np.stack([hi[:, 0], wy.max(0), wx.max(0)], 1) + self.shift
+        i0 = np.clip(np.floor((wlo - self.axis[0]) / self.vox), 0, n).astype(int)
+        i1 = np.clip(np.ceil((whi - self.axis[0]) / self.vox) + 1, 0, n).astype(int)
+        ext = i1 - i0
+        keep = np.flatnonzero((ext > 0).all(1))
+        keep = keep[np.argsort(ext[keep].prod(1), kind="stable")]  # similar sizes share a batch
+        ab = b - a
+        ab2 = np.maximum((ab**2).sum(1), 1e-9)
+        for k in range(0, len(keep), chunk):
+            sel = keep[k:k + chunk]
+            size = ext[sel].max(0)
+            idx = [i0[sel, d][:, None] + np.arange(size[d]) for d in range(3)]  # (C, P_d) voxel indices
+            inside = [q < n for q in idx]
+            idx = [np.minimum(q, n - 1) for q in idx]
+            zw = self.axis[idx[0]] - self.shift[0]
+            yw = self.axis[idx[1]][:, :, None] - self.shift[1]
+            xw = self.axis[idx[2]][:, None, :] - self.shift[2]
+            dz = (zw - a[sel, 0:1])[:, :, None, None]  # (C, Pz, 1, 1)
+            dy = (c * yw + s_ * xw - a[sel, 1, None, None])[:, None]  # (C, 1, Py, Px)
+            dx = (-s_ * yw + c * xw - a[sel, 2, None, None])[:, None]
+            e = ab[sel][:, :, None, None, None]  # (C, 3, 1, 1, 1)
+            t = np.clip((dz * e[:, 0] + dy * e[:, 1] + dx * e[:, 2]) / ab2[sel, None, None, None], 0.0, 1.0)
+            dist = np.sqrt((dz - t * e[:, 0]) ** 2 + (dy - t * e[:, 1]) ** 2 + (dx - t * e[:, 2]) ** 2)
+            valid = inside[0][:, :, None, None] & inside[1][:, None, :, None] & inside[2][:, None, None, :]
+            flat = (idx[0][:, :, None, None] * n + idx[1][:, None, :, None]) * n + idx[2][:, None, None, :]
+            r_a, r_b = ra[sel, :, None, None], rb[sel, :, None, None]
             for shell, buf in zip(shells, bufs):
-                r = ra - shell + t * (rb - ra)
+                r = r_a - shell + t * (r_b - r_a)
                 # Sub-voxel tubes: widen to half a voxel and dim by the area ratio, which keeps
                 # their projected mass (what a DRR sees) independent of resolution.
                 r_eff = np.maximum(r, 0.5 * self.vox)
                 occ = (np.maximum(r, 0.0) / r_eff) ** 2 * np.clip(0.5 - (dist - r_eff) / self.vox, 0.0, 1.0)
-                view = buf[sl]
-                np.maximum(view, occ, out=view)
-        box = tuple(slice(a, max(a, b)) for a, b in zip(lo, hi))
-        return box, [buf[box] for buf in bufs]
+                np.maximum.at(buf, flat[valid], occ[valid].astype(np.float32))
+        box = tuple(slice(int(i0[keep, d].min(initial=n)), int(i1[keep, d].max(initial=0))) for d in range(3))
+        return box, [buf.reshape((n,) * 3)[box] for buf in bufs]
 
     def paint_tubes(self, segments, layers, mask=None):
         """Paint tubes; layers: (tissue, HU, radius offset) painted in order (shell, then core)."""
@@ -220,13 +250,15 @@ class _Canvas:
 def _ellipse_sd(offsets, axes):
     """Approximate signed distance (mm) to an axis-aligned ellipse/ellipsoid:
     (r - 1) / |grad r| with r the normalized radius, exact on the surface."""
-    u2 = sum((o / a) ** 2 for o, a in zip(offsets, axes))
-    g2 = sum((o / a**2) ** 2 for o, a in zip(offsets, axes))
-    r = np.sqrt(u2)
-    # r / |grad r| lies between the smallest and largest semi-axis; at the centre it is 0/0.
-    scale = np.sqrt(u2 / np.maximum(g2, 1e-12))
-    scale = np.where(u2 > 1e-12, scale, min(np.min(a) for a in axes))
-    return (r - 1.0) * scale
+    u2, g2 = 0.0, 0.0
+    for o, ax in zip(offsets, axes):
+        q = o / ax
+        u2 = u2 + q * q
+        g2 = g2 + (q / ax) ** 2
+    # r / |grad r| = sqrt(u2 / g2) lies between the smallest and largest semi-axis; the
+    # epsilons make it the smallest at the centre, where it is 0/0.
+    amin = min(float(np.min(ax)) for ax in axes)
+    return (np.sqrt(u2) - 1.0) * np.sqrt((u2 + 1e-6) / (g2 + 1e-6 / amin**2))
 
 
 def _polyline(points, radii):
@@ -264,7 +296,7 @@ class _Body:
     def cavity(self, z):
         """Inner surface of the chest wall (ribs lie just outside it): centre y, semi-axes."""
         cy, ah, aw, fat = self.outline(z)
-        return cy - 4.0, ah - fat - 12.0, aw - fat - 16.0
+        return cy - 4.0, ah - fat - 10.0, aw - fat - 14.0
 
     def diaphragm_z(self, y, x):
         """Height of the diaphragm's upper surface (two paraboloid domes, the right one
@@ -289,9 +321,14 @@ class _Body:
 # --- painters, in painting order --------------------------------------------------------
 def _paint_body(cv: _Canvas, b: _Body, hu):
     sl, z, y, x = cv.region()
-    cy, ah, aw, fat = b.outline(z)
-    cv.paint(sl, cv.occupancy(_ellipse_sd((y - cy, x), (ah, aw))), Tissue.FAT, hu[Tissue.FAT])
-    cv.paint(sl, cv.occupancy(_ellipse_sd((y - cy, x), (ah - fat, aw - fat))), Tissue.MUSCLE, hu[Tissue.MUSCLE])
+    # The outline only changes with z in the neck taper: compute each distinct slice once.
+    rows = np.stack(np.broadcast_arrays(*b.outline(z[:, 0, 0])), -1)  # (n, 4): cy, ah, aw, fat
+    uniq, inv = np.unique(rows, axis=0, return_inverse=True)
+    cy, ah, aw, fat = (v[:, None, None] for v in uniq.T.astype(np.float32))
+    skin = cv.occupancy(_ellipse_sd((y - cy, x), (ah, aw)))[inv.ravel()]
+    fascia = cv.occupancy(_ellipse_sd((y - cy, x), (ah - fat, aw - fat)))[inv.ravel()]
+    cv.paint(sl, skin, Tissue.FAT, hu[Tissue.FAT])
+    cv.paint(sl, fascia, Tissue.MUSCLE, hu[Tissue.MUSCLE])
 
 
 def _paint_abdomen(cv: _Canvas, b: _Body, hu):
@@ -329,6 +366,10 @@ def _paint_lungs(cv: _Canvas, b: _Body, hu):
     cy, ch, cw = b.cavity(z)
     cavity = _ellipse_sd((y - cy, x), (ch, cw))
     shared = np.maximum(cavity, b.diaphragm_sd(z, y, x))
+    # Nothing behind the vertebral bodies: paraspinal muscles fill a wedge widening backward.
+    ys = b.spine_y(z)
+    spine_wedge = np.maximum(np.abs(x) - 22.0 - 0.6 * np.maximum(y - ys, 0.0), ys - 5.0 - y)
+    shared = np.maximum(shared, -spine_wedge)
     # Upper mediastinum (trachea, great vessels) is wider than the space in front of the heart.
     med = b.p.mediastinum_mm + 12.0 * _smoothstep((b.carina_z + 15.0 - z) / 40.0)
     value = hu[Tissue.LUNG] + b.p.lung_gradient_hu * (y / b.ah)
@@ -468,9 +509,11 @@ def _rib_path(b: _Body, k: int, side: float, n: int = 10):
     theta_end = [2.75] * 7 + [2.6, 2.45, 2.3, 1.9, 1.5]
     drop = p.rib_drop * [0.45, 0.65, 0.85, 1, 1, 1, 1, 0.95, 0.9, 0.8, 0.6, 0.4][k]
     ys = float(b.spine_y(z_back))
-    points = [np.array([z_back, ys + 4.0, side * 15.0])]  # head, at the vertebral body
+    # Head on the vertebral body, tubercle on the transverse process tip (see _paint_spine),
+    # then around the chest wall from the rib angle on.
+    points = [np.array([z_back, ys + 6.0, side * 16.0]), np.array([z_back, ys + 28.0, side * 30.0])]
     _, _, cw0 = b.cavity(z_back)
-    theta0 = math.asin(min(0.9, 35.0 / (float(cw0) + 6.0)))
+    theta0 = math.asin(min(0.9, 48.0 / (float(cw0) + 6.0)))
     for f in np.linspace(0.0, 1.0, n):
         theta = theta0 + f * (theta_end[k] - theta0)
         z = z_back + drop * ((theta - theta0) / (math.pi - theta0)) ** 1.3
@@ -534,7 +577,7 @@ def _paint_chest_wall(cv: _Canvas, b: _Body, hu):
 
 def _texture(cv: _Canvas, rng: np.random.Generator, n_waves: int = 5):
     """Smooth random field in patient mm (~unit std), resolution independent."""
-    sl, z, y, x = cv.region()
+    _, z, y, x = cv.region()
     field = np.zeros(cv.hu.shape, np.float32)
     for _ in range(n_waves):
         k = rng.normal(size=3)

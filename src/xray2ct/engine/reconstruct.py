@@ -1,0 +1,426 @@
+"""`xray2ct reconstruct`: two radiographs in, a CT volume in Hounsfield units out.
+
+    pa, lat files --load_xray--> (1, 2, S, S) --model--> normalized CT (1, 1, N, N, N)
+        --unit_to_hu, optional trilinear upscale--> NIfTI / NPY / DICOM series
+
+The checkpoint carries its config (X-ray size, volume size, field of view), so nothing
+else is needed. Voxel spacing is fov_mm / N (or fov_mm / upscaled size) per axis; the
+orientation is ctio's (d, h, w) = head→feet, anterior→posterior, right→left.
+
+Every file is written atomically (temp name beside it, then one rename), the extras
+(uncertainty, preview) before the volume, so "the volume exists" means "this
+reconstruction is complete". An existing output is refused unless `overwrite=True`.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xray2ct.checkpoint import CheckpointError
+from xray2ct.errors import UserError
+from xray2ct.fileio import atomic_path
+from xray2ct.physics.hu import HU_MIN, HU_RANGE, unit_to_hu
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("nifti", "npy", "dicom")
+XRAY_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".npy")
+DEFAULT_WEIGHTS = "assets/default"  # inside the installed package; shipped by a later release
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+DICOM_DESCRIPTION = "xray2ct biplanar reconstruction (research use only)"  # LO: <= 64 chars
+
+
+class ReconstructionError(UserError, ValueError):
+    """Reconstruction cannot proceed with these arguments; the message names the file or value."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output file exists and overwrite was not asked for."""
+
+
+class OutputWriteError(UserError, OSError):
+    """Writing an output failed (disk full, permissions); nothing was left under its name."""
+
+
+# --- model ---------------------------------------------------------------------------
+def default_checkpoint() -> Path:
+    """The bundled default weights (`xray2ct/assets/default/*.safetensors`), if installed."""
+    from importlib.resources import files
+
+    folder = Path(str(files("xray2ct"))) / DEFAULT_WEIGHTS
+    found = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not found:
+        raise CheckpointError(f"no bundled default weights are installed (looked in {folder}); "
+                              "pass --checkpoint PATH (a .safetensors file or a training run folder)")
+    return found[0]
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device; an unusable choice is a user error."""
+    from xray2ct.engine.distributed import resolve_device
+
+    try:
+        return resolve_device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ReconstructionError(str(e)) from e
+
+
+def load_for_inference(checkpoint: str | os.PathLike | None, device: str = "auto"):
+    """(model in eval mode on the device, its Config, torch.device)."""
+    from xray2ct.checkpoint import load_model
+
+    dev = select_device(device)
+    model, cfg, _ = load_model(default_checkpoint() if checkpoint is None else checkpoint, device=dev)
+    return model, cfg, dev
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, xrays: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """xrays (B, 2, S, S) -> volume (B, 1, N, N, N) in [0, 1], log_var (same) or None; float32 on CPU."""
+    out = model(xrays.to(device))
+    volume = out["volume"].float().clamp(0, 1).cpu()  # the target window; outside it HU mean nothing
+    log_var = out.get("log_var")
+    return volume, None if log_var is None else log_var.float().cpu()
+
+
+def uncertainty_hu(log_var: torch.Tensor) -> torch.Tensor:
+    """Predicted log-variance of the normalized CT -> standard deviation in HU."""
+    return torch.exp(0.5 * log_var) * HU_RANGE
+
+
+# --- output files -----------------------------------------------------------------------
+def _format_of(path: Path, what: str) -> str:
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if name.endswith(".npy"):
+        return "npy"
+    raise ReconstructionError(f"{path}: cannot tell the {what} format from the name; use .nii.gz, .nii or .npy")
+
+
+def _check_output(path: Path, fmt: str, overwrite: bool) -> None:
+    if fmt not in FORMATS:
+        raise ReconstructionError(f"unknown output format {fmt!r}; valid: {', '.join(FORMATS)}")
+    name = path.name.lower()
+    if fmt == "nifti" and not name.endswith((".nii", ".nii.gz")):
+        raise ReconstructionError(f"{path}: a NIfTI output needs a .nii.gz or .nii name (or pass --format npy/dicom)")
+    if fmt == "npy" and not name.endswith(".npy"):
+        raise ReconstructionError(f"{path}: an npy output needs a .npy name")
+    if fmt == "dicom" and path.is_file():
+        if not overwrite:
+            raise OutputExistsError(f"{path}: exists and is a file; a DICOM series is written as a folder "
+                                    "(pass --overwrite to replace it)")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path}: already exists; pass --overwrite to replace it")
+    if path.exists() and fmt != "dicom" and path.is_dir():
+        raise ReconstructionError(f"{path}: is a folder; expected a file name for the {fmt} output")
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """Turn an OSError while writing into a one-line user error (the atomic writer has cleaned up)."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, UserError):
+            raise
+        raise OutputWriteError(f"{path}: could not be written ({e.strerror or e}); "
+                               "no file was left under this name") from e
+
+
+def save_npy(path: Path, array: np.ndarray) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+    return path
+
+
+def save_volume(path: Path, hu: np.ndarray, spacing: tuple, fmt: str, dtype: str = "int16") -> Path:
+    """HU (d, h, w) -> NIfTI (RAS affine), .npy (HU float32; spacing only in the log) or a DICOM folder."""
+    from xray2ct.data.ctio import save_nifti
+
+    with _writing(path):
+        if fmt == "nifti":
+            return save_nifti(path, hu, spacing, dtype=dtype)
+        if fmt == "npy":
+            log.info("%s: .npy stores no spacing; it is %s mm (d, h, w)", path, ", ".join(f"{s:g}" for s in spacing))
+            return save_npy(path, hu.astype(np.float32))
+        return save_dicom_series(path, hu, spacing)
+
+
+def _lps_affine(shape, spacing) -> np.ndarray:
+    """Voxel (d, h, w) -> DICOM patient coordinates (LPS, mm): ctio's RAS affine with x, y negated."""
+    from xray2ct.data.ctio import our_affine
+
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ our_affine(shape, spacing)
+
+
+def save_dicom_series(folder: Path, hu: np.ndarray, spacing: tuple, description: str = DICOM_DESCRIPTION) -> Path:
+    """HU (d, h, w) -> one CT Image Storage file per axial slice in `folder`, atomically.
+
+    Rows follow h (anterior→posterior), columns follow w (right→left): the standard axial
+    orientation (1,0,0 / 0,1,0). Slices go head→feet. Stored values are HU + 1024 as
+    uint16 with RescaleIntercept -1024, RescaleSlope 1. The series is written into a temp
+    folder beside `folder`, then renamed into place.
+    """
+    import datetime
+
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    d, h, w = hu.shape
+    sd, sh, sw = spacing
+    affine = _lps_affine(hu.shape, spacing)
+    stored = np.clip(np.rint(hu) - HU_MIN, 0, 65535).astype(np.uint16)  # HU + 1024
+    now = datetime.datetime.now()
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for k in range(d):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+            ds = pydicom.Dataset()
+            ds.file_meta = meta
+            ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+            ds.Modality, ds.Manufacturer = "CT", "xray2ct"
+            ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Anonymous", "xray2ct", "", ""
+            ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+            ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
+            ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
+            ds.SeriesNumber, ds.InstanceNumber, ds.AcquisitionNumber = 1, k + 1, 1
+            ds.SeriesDescription, ds.KVP = description, ""
+            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+            ds.PositionReferenceIndicator = ""
+            position = affine[:3, :3] @ np.array([k, 0, 0]) + affine[:3, 3]  # centre of voxel (k, 0, 0)
+            ds.ImagePositionPatient = [f"{v:.10g}" for v in position]
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]  # rows along +x (L), columns along +y (P)
+            ds.SliceLocation = f"{position[2]:.10g}"
+            ds.PixelSpacing = [f"{sh:.10g}", f"{sw:.10g}"]  # (between rows = h, between columns = w)
+            ds.SliceThickness = f"{sd:.10g}"
+            ds.Rows, ds.Columns = h, w
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+            ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = f"{HU_MIN:g}", "1", "HU"
+            ds.WindowCenter, ds.WindowWidth = "40", "400"
+            ds.PixelData = stored[k].tobytes()
+            ds.save_as(tmp / f"slice_{k + 1:04d}.dcm", enforce_file_format=True)
+        _replace_folder(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _replace_folder(src: Path, dst: Path) -> None:
+    """Move a finished folder to dst; an existing dst is replaced (moved aside, then deleted)."""
+    old = None
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
+        os.replace(dst, old / dst.name)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_preview(path: Path, hu: np.ndarray, std_hu: np.ndarray | None = None, title: str | None = None) -> Path:
+    """Axial, coronal and sagittal mid-slices in HU (and of the uncertainty, when given), one PNG."""
+    from xray2ct.viz import PLANES, plane_slice, save_montage
+
+    panels = [{"image": plane_slice(hu, p), "title": f"CT {p}", "vmin": -1000, "vmax": 1000,
+               "colorbar": p == PLANES[-1]} for p in PLANES]
+    if std_hu is not None:
+        top = float(np.percentile(std_hu, 99)) or 1.0
+        panels += [{"image": plane_slice(std_hu, p), "title": f"uncertainty (std) {p}", "cmap": "viridis",
+                    "vmin": 0, "vmax": top, "colorbar": p == PLANES[-1]} for p in PLANES]
+    with _writing(path):
+        save_montage(path, panels, ncols=3, title=title, colorbar_label="HU")
+    return path
+
+
+# --- one reconstruction ------------------------------------------------------------------
+def _upscale(vol: torch.Tensor, upscale) -> torch.Tensor:
+    """(1, 1, N, N, N) -> (1, 1, D, H, W), trilinear."""
+    if upscale is None:
+        return vol
+    return F.interpolate(vol, size=tuple(upscale), mode="trilinear", align_corners=False)
+
+
+def _check_upscale(upscale) -> tuple[int, int, int] | None:
+    if upscale is None:
+        return None
+    sizes = tuple(upscale)
+    if len(sizes) != 3 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in sizes):
+        raise ReconstructionError(f"upscale must be three positive integers D H W, got {upscale!r}")
+    return tuple(int(s) for s in sizes)
+
+
+def load_pair(pa, lat, size: int) -> torch.Tensor:
+    """Two radiograph files -> (1, 2, size, size), PA then lateral."""
+    from xray2ct.data.xrayio import load_xray
+
+    pa, lat = Path(pa), Path(lat)
+    if pa.exists() and lat.exists() and pa.resolve() == lat.resolve():
+        warnings.warn(f"{pa} is given as both the PA and the lateral X-ray", stacklevel=3)
+    return torch.stack([load_xray(pa, size=size), load_xray(lat, size=size)])[None]
+
+
+@dataclass
+class _Job:
+    """The outputs of one reconstruction, checked before any computing."""
+
+    out: Path
+    fmt: str
+    uncertainty: Path | None
+    preview: Path | None
+    upscale: tuple | None
+
+    @classmethod
+    def check(cls, out, fmt, uncertainty, preview, upscale, overwrite) -> "_Job":
+        out = Path(out)
+        _check_output(out, fmt, overwrite)
+        unc = None if uncertainty is None else Path(uncertainty)
+        if unc is not None:
+            _check_output(unc, _format_of(unc, "uncertainty"), overwrite)
+        prev = None if preview is None else Path(preview)
+        if prev is not None:
+            if not prev.name.lower().endswith(".png"):
+                raise ReconstructionError(f"{prev}: the preview is a PNG image; give it a .png name")
+            if prev.exists() and not overwrite:
+                raise OutputExistsError(f"{prev}: already exists; pass --overwrite to replace it")
+        paths = [p.resolve() for p in (out, unc, prev) if p is not None]
+        if len(set(paths)) != len(paths):
+            raise ReconstructionError(f"output paths must differ: {', '.join(map(str, paths))}")
+        return cls(out, fmt, unc, prev, _check_upscale(upscale))
+
+    def run(self, model, cfg, dev, xrays: torch.Tensor, title: str | None = None) -> Path:
+        volume, log_var = predict(model, xrays, dev)
+        volume = _upscale(volume, self.upscale)
+        hu = unit_to_hu(volume)[0, 0].numpy()
+        spacing = tuple(cfg.geometry.fov_mm / n for n in hu.shape)
+        std = None
+        if log_var is not None and (self.uncertainty or self.preview):
+            std = uncertainty_hu(_upscale(log_var, self.upscale))[0, 0].numpy()
+        elif self.uncertainty is not None:
+            raise ReconstructionError(f"{self.uncertainty}: this model predicts no uncertainty (no log_var output)")
+        # extras first, the volume last: a present volume means a finished reconstruction
+        if self.uncertainty is not None:
+            save_volume(self.uncertainty, std, spacing, _format_of(self.uncertainty, "uncertainty"), dtype="float32")
+        if self.preview is not None:
+            save_preview(self.preview, hu, std, title=title)
+        return save_volume(self.out, hu, spacing, self.fmt)
+
+
+def reconstruct(pa, lat, out, checkpoint=None, uncertainty=None, preview=None, device: str = "auto",
+                upscale: tuple[int, int, int] | None = None, fmt: str = "nifti", overwrite: bool = False) -> Path:
+    """Reconstruct one CT from a PA and a lateral radiograph; returns the written volume's path.
+
+    Args:
+        pa, lat: radiograph files (PNG 8/16-bit, JPEG, TIFF, DICOM incl. MONOCHROME1, .npy).
+        out: output volume: .nii.gz/.nii (fmt "nifti"), .npy ("npy") or a folder ("dicom").
+        checkpoint: .safetensors file or run folder; None: the bundled default weights.
+        uncertainty: optional path (.nii.gz/.nii/.npy) for the predicted std in HU.
+        preview: optional .png path for a three-plane preview.
+        device: "auto" | "cpu" | "cuda" | "cuda:N".
+        upscale: (D, H, W) to resample the output to (trilinear); spacing = fov_mm / size.
+        fmt: "nifti" | "npy" | "dicom".
+        overwrite: replace existing outputs instead of refusing.
+    """
+    job = _Job.check(out, fmt, uncertainty, preview, upscale, overwrite)
+    model, cfg, dev = load_for_inference(checkpoint, device)
+    xrays = load_pair(pa, lat, cfg.model.xray_img_size)
+    path = job.run(model, cfg, dev, xrays, title=f"{Path(pa).name} + {Path(lat).name}")
+    log.info("wrote %s", path)
+    return path
+
+
+# --- a folder of pairs -----------------------------------------------------------------
+_PAIR = re.compile(r"^(?P<id>.+)_(?P<view>pa|lat)(?:[_\-.][^/]*)?$", re.IGNORECASE)
+
+
+@dataclass
+class BatchReport:
+    """What `reconstruct_batch` did: (id, output) written, (id, output) already there,
+    (id, reason) for every pair that failed."""
+
+    done: list[tuple[str, Path]] = field(default_factory=list)
+    skipped: list[tuple[str, Path]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def find_pairs(folder: str | os.PathLike) -> tuple[dict[str, tuple[Path, Path]], list[tuple[str, str]]]:
+    """`{id}_pa*` / `{id}_lat*` radiographs under folder -> ({id: (pa, lat)}, [(id, problem)])."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReconstructionError(f"{folder}: batch folder not found" if not folder.exists()
+                                  else f"{folder}: is a file; --batch expects a folder of X-ray pairs")
+    found: dict[str, dict[str, list[Path]]] = {}
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or not path.name.lower().endswith(XRAY_SUFFIXES) or path.name.startswith("."):
+            continue
+        m = _PAIR.match(path.name[: -len(path.suffix)])
+        if m:
+            found.setdefault(m["id"], {"pa": [], "lat": []})[m["view"].lower()].append(path)
+    pairs, problems = {}, []
+    for cid, views in sorted(found.items()):
+        bad = [f"no {v} X-ray" if not views[v] else f"{len(views[v])} {v} X-rays ({', '.join(map(str, views[v]))})"
+               for v in ("pa", "lat") if len(views[v]) != 1]
+        if bad:
+            problems.append((cid, "; ".join(bad)))
+        else:
+            pairs[cid] = (views["pa"][0], views["lat"][0])
+    return pairs, problems
+
+
+def reconstruct_batch(folder, out_dir, checkpoint=None, device: str = "auto", upscale=None, fmt: str = "nifti",
+                      overwrite: bool = False, uncertainty: bool = False, preview: bool = False,
+                      progress: bool = True) -> BatchReport:
+    """Reconstruct every pair in `folder` into out_dir/{id}.nii.gz (.npy, or {id}/ for DICOM).
+
+    Optional out_dir/{id}_uncertainty.nii.gz and out_dir/{id}_preview.png. A pair that
+    fails is reported and the rest go on; existing outputs are skipped unless overwrite.
+    """
+    from tqdm.auto import tqdm
+
+    pairs, problems = find_pairs(folder)
+    report = BatchReport(failed=list(problems))
+    if not pairs:
+        raise ReconstructionError(f"{folder}: no complete X-ray pair found (expected {{id}}_pa.* and {{id}}_lat.* "
+                                  f"with a suffix in {', '.join(XRAY_SUFFIXES)})"
+                                  + (f"; problems: {'; '.join(f'{i}: {p}' for i, p in problems)}" if problems else ""))
+    out_dir = Path(out_dir)
+    suffix = {"nifti": ".nii.gz", "npy": ".npy", "dicom": ""}.get(fmt)
+    if suffix is None:
+        raise ReconstructionError(f"unknown output format {fmt!r}; valid: {', '.join(FORMATS)}")
+    upscale = _check_upscale(upscale)
+    model, cfg, dev = load_for_inference(checkpoint, device)  # once, before the loop
+    for cid, (pa, lat) in tqdm(pairs.items(), desc="reconstruct", unit="case", disable=not progress):
+        out = out_dir / f"{cid}{suffix}"
+        if out.exists() and not overwrite:
+            report.skipped.append((cid, out))
+            continue
+        try:
+            job = _Job.check(out, fmt, out_dir / f"{cid}_uncertainty.nii.gz" if uncertainty else None,
+                             out_dir / f"{cid}_preview.png" if preview else None, upscale, overwrite=True)
+            xrays = load_pair(pa, lat, cfg.model.xray_img_size)
+            report.done.append((cid, job.run(model, cfg, dev, xrays, title=cid)))
+        except UserError as e:
+            log.info("%s failed: %s", cid, e)  # the report carries it; the CLI prints a table
+            report.failed.append((cid, str(e)))
+    return report
