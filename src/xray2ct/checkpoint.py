@@ -1,11 +1,14 @@
 """Checkpoints: weights as safetensors carrying their config, training state beside them.
 
   {name}.safetensors   model weights; metadata: format, config (JSON), step, epoch
-  {name}.state.pt      optimizer / scheduler / scaler / RNG states (torch.save, loaded
+  {name}.state-{step}.pt  optimizer / scheduler / scaler / RNG states (torch.save, loaded
                        with weights_only=True so loading never runs pickled code)
 
-Both are written atomically (temp file, then rename): a crash or a full disk leaves the
-previous checkpoint intact, never a half-written file under the final name.
+Each file is written atomically (temp file, then rename): a crash or a full disk leaves
+the previous checkpoint intact, never a half-written file under the final name. The
+state file is named by step and written before the weights, and older ones are removed
+only after the weights are in place, so a kill between the two writes still leaves the
+state that matches the weights on disk.
 """
 from __future__ import annotations
 
@@ -73,12 +76,20 @@ def save_checkpoint(folder: str | Path, name: str, model: nn.Module, config, ste
     folder = Path(folder)
     weights = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
     meta = {"format": FORMAT, "config": json.dumps(config_to_dict(config)), "step": str(step), "epoch": str(epoch)}
+    state_path = _state_path(folder / f"{name}.safetensors", step)
     if training_state is not None:
-        with atomic_path(folder / f"{name}.state.pt") as tmp:
+        with atomic_path(state_path) as tmp:
             torch.save({"step": step, "epoch": epoch, **training_state}, tmp)
     with atomic_path(folder / f"{name}.safetensors") as tmp:
         save_file(weights, str(tmp), metadata=meta)
+    for old in folder.glob(f"{name}.state-*.pt"):
+        if old != state_path:
+            old.unlink(missing_ok=True)
     return folder / f"{name}.safetensors"
+
+
+def _state_path(weights_path: Path, step: int) -> Path:
+    return weights_path.with_name(f"{weights_path.name.removesuffix('.safetensors')}.state-{step:09d}.pt")
 
 
 def resolve(path: str | Path) -> Path:
@@ -144,9 +155,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
 
 def load_training_state(weights_path: str | Path) -> dict:
-    """The {name}.state.pt beside a weights file (weights_only=True)."""
+    """The training state saved with a weights file at the same step (weights_only=True)."""
     p = Path(weights_path)
-    state_path = p.with_name(p.name.removesuffix(".safetensors") + ".state.pt")
+    state_path = _state_path(p, load_checkpoint(p).step)
     if not state_path.is_file():
         raise CheckpointError(f"{state_path}: training state missing; cannot resume from {p}")
     try:

@@ -5,6 +5,7 @@ imported inside the commands so `xray2ct --help` stays fast.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -93,6 +94,8 @@ def train(
     cfg = load_config(config, overrides=_parse_sets(set_))
     result = run_training(cfg, out, data_dir=data, resume=resume, device=device, max_steps=max_steps,
                           time_budget_s=time_budget)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 reports
     if result.stopped_early:
         console.print(f"[yellow]stopped:[/yellow] {result.stopped_early}")
     best = f"best val PSNR {result.best_psnr:.2f} dB" if result.history else "no validation yet"

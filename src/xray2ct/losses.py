@@ -81,8 +81,10 @@ def projection_consistency_loss(pred_norm: torch.Tensor, target_norm: torch.Tens
         return project(hu_to_mu(unit_to_hu(n.float()), mu_water), geometry)  # (B, V, R, C)
 
     pred_li, target_li = line_integrals(pred_norm), line_integrals(target_norm)
-    scale = target_li.mean().detach().clamp_min(1e-6)  # O(1) line integrals -> a loss of O(0.1)
-    return (pred_li - target_li).abs().mean() / scale
+    # per case, so the loss of a batch is the mean of its cases' losses (and DDP's
+    # gradient average over ranks equals one process with the whole batch)
+    scale = target_li.flatten(1).mean(1).detach().clamp_min(1e-6)  # (B,)
+    return ((pred_li - target_li).abs().flatten(1).mean(1) / scale).mean()
 
 
 class UncertaintyRegularizationLoss(nn.Module):

@@ -73,3 +73,56 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics span every rank's batch, on any backend.
+
+    torch's SyncBatchNorm runs on GPUs only; this one all-reduces (sum, sum of squares,
+    count) with the differentiable `torch.distributed.nn.functional.all_reduce`, so gloo
+    on CPU works too, and N processes × batch b normalize exactly like 1 process × N·b.
+    Accepts (B, C, ...) input, channel dim 1, like every torch BatchNorm.
+    """
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [d for d in range(x.dim()) if d != 1]
+        xf = x.float()
+        count = torch.full((1,), x.numel() / x.shape[1], device=x.device, dtype=torch.float32)
+        stats = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))  # (2C + 1,)
+        c = x.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(m * mean.detach().to(self.running_mean.dtype))
+                unbiased = var.detach() * n / (n - 1).clamp_min(1)
+                self.running_var.mul_(1 - m).add_(m * unbiased.to(self.running_var.dtype))
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace every BatchNorm{1,2,3}d by GlobalBatchNorm, keeping parameters and buffers."""
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats).to(next(iter(module.state_dict().values())).device)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, convert_batchnorm(child))
+    return module

@@ -185,8 +185,12 @@ def _atomic_json(path: Path, obj) -> None:
 
 
 @torch.no_grad()
-def validate(model, loader, device, amp) -> dict[str, float]:
-    """Mean PSNR, 3D SSIM and MAE (HU) over a loader (this rank's share)."""
+def validate(model, loader, device, amp, info: D.DistInfo = D.DistInfo()) -> dict[str, float]:
+    """Mean PSNR, 3D SSIM and MAE (HU) over the loader's cases on all ranks.
+
+    `model` must be the unwrapped module: DDP's forward broadcasts buffers, a collective
+    that would hang when ranks hold different numbers of validation cases.
+    """
     from xray2ct.metrics import mae_hu, psnr, ssim3d
 
     model.eval()
@@ -199,7 +203,10 @@ def validate(model, loader, device, amp) -> dict[str, float]:
             sums[k] += fn(pred, ct).sum().item()
         n += ct.shape[0]
     model.train()
-    return {k: v / max(n, 1) for k, v in sums.items()}
+    totals = torch.tensor([*sums.values(), n], dtype=torch.float64, device=device)
+    if info.enabled:
+        torch.distributed.all_reduce(totals)
+    return {k: (v / max(totals[-1], 1)).item() for k, v in zip(sums, totals)}
 
 
 def train(cfg: Config, out: str | Path, data_dir: str | Path | None = None, resume: bool = False,
@@ -247,9 +254,10 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
     model = build_model(cfg).to(dev)
     raw_model = model
     if info.enabled:
-        if dev.type == "cuda":
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            raw_model = model
+        # BatchNorm over the global batch, so N processes train like one with N× the batch
+        model = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if dev.type == "cuda"
+                 else D.convert_batchnorm(model))
+        raw_model = model
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     if cfg.optimization.compile_model:
         model = torch.compile(model)
@@ -310,6 +318,9 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
 
         bar = tqdm(total=limit, initial=step, desc="train", unit="step", dynamic_ncols=True)
     bad_in_a_row, skipped, stopped = 0, 0, ""
+    # A non-finite batch has already run BatchNorm's forward: restore the running stats
+    # of the last good step so one bad batch cannot poison evaluation or a checkpoint.
+    good_buffers = [b.detach().clone() for b in raw_model.buffers()]
     started = time.monotonic()
     model.train()
     with _StopSignal() as stop:
@@ -336,6 +347,9 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
                 # every rank must agree to skip, or DDP's collectives would hang
                 if D.broadcast_flag(not finite, info, dev):
                     optimizer.zero_grad(set_to_none=True)
+                    with torch.no_grad():
+                        for b, good in zip(raw_model.buffers(), good_buffers):
+                            b.copy_(good)
                     bad_in_a_row += 1
                     skipped += 1
                     log.warning("non-finite loss at step %d: batch skipped (%d in a row)", step, bad_in_a_row)
@@ -346,6 +360,7 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
                         break
                     continue
                 bad_in_a_row = 0
+                good_buffers = [b.detach().clone() for b in raw_model.buffers()]
                 if scaler:
                     scaler.unscale_(optimizer)
                 if tc.grad_clip_max_norm > 0:
@@ -383,21 +398,21 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
             if slot % steps_per_epoch == 0 and slot // steps_per_epoch == epoch + 1 and not stopped:
                 done = epoch + 1  # epochs completed
                 if done % cfg.logging.val_interval == 0 or slot >= total_steps or step >= limit:
-                    metrics = {k: D.all_reduce_mean(torch.tensor(v, device=dev), info).item()
-                               for k, v in validate(model, val_loader, dev, amp).items()}
+                    metrics = validate(raw_model, val_loader, dev, amp, info)
                     history.append({"step": step, "epoch": done, **metrics})
                     if info.is_main:
                         for k, v in metrics.items():
                             writer.add_scalar(f"val/{k}", v, step)
                         _write_metrics_csv(out / "metrics.csv", history)
-                        _log_slices(writer, model, val_ds, dev, amp, step)
+                        _log_slices(writer, raw_model, val_ds, dev, amp, step)
                         log.info("epoch %d: val %s", done, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
                     if metrics["psnr"] > best:
                         best = metrics["psnr"]
                         checkpoint("best")
                 if done % cfg.logging.save_checkpoint_interval == 0 or slot >= total_steps:
                     checkpoint("last")
-        if stopped or slot % steps_per_epoch:
+        diverged = stopped.startswith(f"{bad_in_a_row} non-finite") and bad_in_a_row > 0
+        if not diverged and (stopped or slot % steps_per_epoch):
             checkpoint("last")  # interrupted mid-epoch: keep the exact state
     if bar:
         bar.close()
@@ -405,7 +420,7 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
         writer.close()
     if skipped:
         log.warning("%d batch(es) with non-finite loss were skipped", skipped)
-    if stopped and "non-finite" in stopped:
+    if diverged:
         raise TrainingStopped(stopped)
     return TrainResult(out, step, slot // steps_per_epoch, best, history, stopped)
 

@@ -1,0 +1,194 @@
+"""Geometry-aware 2D -> 3D lifting with depth priors, and the fusion of the two views.
+
+`GeometryLifting` gives every cell of the G³ token grid, for each view, the feature found
+where the cell centre projects on that view's detector: the projection is
+`Geometry.project_points` itself (the projector's own map), so the model and the DRR
+renderer cannot disagree. Along a ray all cells receive the same feature; what tells
+them apart is their depth, which `LearnableDepthPriors` turns into soft anatomical
+regions (anterior / middle / posterior for PA, right / middle / left for lateral) that
+add a region embedding and weight features by a per-region confidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xray2ct.geometry import Geometry
+
+SAMPLE_MODES = ("bilinear", "nearest")
+
+
+class GeometryLifting(nn.Module):
+    """Sample each view's feature map at the projections of the G³ cell centres.
+
+    Args:
+        geometry: the full-resolution geometry (volume and detector of the data).
+        grid: side G of the token grid; cells are the voxels of `geometry.scaled((G, G, G))`.
+        mode: grid_sample interpolation, "bilinear" or "nearest".
+    """
+
+    def __init__(self, geometry: Geometry, grid: int, mode: str = "bilinear") -> None:
+        super().__init__()
+        if mode not in SAMPLE_MODES:
+            raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(SAMPLE_MODES)}")
+        self.geometry, self.grid, self.mode = geometry, int(grid), mode
+        self.views = geometry.views
+        centers = geometry.scaled((grid, grid, grid)).voxel_centers_mm(dtype=torch.float64)  # (G, G, G, 3)
+        coords, depths = [], []
+        for view in self.views:
+            # float64 so the buffers do not depend on float32 rounding of the cone-beam map
+            row, col, depth = geometry.project_points(centers, view)  # each (G, G, G)
+            coords.append(geometry.detector_to_grid(row, col, align_corners=False))  # (G, G, G, 2)
+            depths.append(depth)
+        # Non-persistent: derived from the geometry, rebuilt on construction, not saved.
+        self.register_buffer("sample_grid", torch.stack(coords).float(), persistent=False)  # (V, G, G, G, 2)
+        self.register_buffer("depth", torch.stack(depths).float(), persistent=False)  # (V, G, G, G)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features (B, V, C, h, w) covering each view's detector -> (B, V, C, G, G, G)."""
+        B, V, C = features.shape[:3]
+        if V != len(self.views):
+            raise ValueError(f"expected {len(self.views)} views {self.views}, got features {tuple(features.shape)}")
+        G = self.grid
+        # grid_sample is 2D: sample a (G, G*G) "image" of points per view.
+        # (V, G, G, G, 2) -> (V, G, G*G, 2) -> (B*V, G, G*G, 2)
+        grid = self.sample_grid.reshape(V, G, G * G, 2).repeat(B, 1, 1, 1).to(features.dtype)
+        out = F.grid_sample(
+            features.flatten(0, 1), grid, mode=self.mode, padding_mode="zeros", align_corners=False
+        )  # (B*V, C, G, G*G)
+        return out.view(B, V, C, G, G, G)
+
+
+def default_boundaries(num_regions: int) -> tuple[float, ...]:
+    """Prior region boundaries in [0, 1]: (0, .25, .75, 1) for 3 regions (thin front and
+    back, wide middle), equal widths otherwise."""
+    if num_regions == 3:
+        return (0.0, 0.25, 0.75, 1.0)
+    return tuple(i / num_regions for i in range(num_regions + 1))
+
+
+class LearnableDepthPriors(nn.Module):
+    """Soft depth regions along each view's ray that modulate the lifted features.
+
+    Region r of view v spans depth [b_r, b_{r+1}] with soft edges:
+    membership_r = sigmoid((z - b_r)/tau) - sigmoid((z - b_{r+1})/tau), with the outer
+    boundaries at -inf/+inf so memberships sum to 1. The features become
+    (f + sum_r m_r e_r) * sum_r m_r exp(-log_std_r): a region embedding and a confidence.
+
+    Learnable: widths = softmax(logits + MLP(descriptors)) per view, boundaries their
+    cumulative sum (ordered, in [0, 1], starting at the prior since the MLP's last layer
+    is zero); tau and log_std learned. Fixed (the baseline): boundaries, tau and
+    log_std are constants; only the region embeddings are learned.
+
+    Args:
+        num_views: V.
+        desc_dim: width of each view's global descriptor (the per-patient input).
+        channels: C of the lifted features.
+        learnable: learned boundaries / temperature / uncertainty and per-patient shifts.
+        num_regions: R.
+        boundaries: prior boundaries (R + 1 values from 0 to 1); default `default_boundaries`.
+        temperature: initial (or fixed) edge softness, in units of depth.
+        hidden: width of the per-patient MLP.
+    """
+
+    def __init__(
+        self,
+        num_views: int = 2,
+        desc_dim: int = 512,
+        channels: int = 512,
+        learnable: bool = True,
+        num_regions: int = 3,
+        boundaries: Sequence[float] | None = None,
+        temperature: float = 0.05,
+        hidden: int = 64,
+    ) -> None:
+        super().__init__()
+        prior = tuple(boundaries) if boundaries is not None else default_boundaries(num_regions)
+        widths = torch.tensor(prior[1:], dtype=torch.float64) - torch.tensor(prior[:-1], dtype=torch.float64)
+        if len(prior) != num_regions + 1 or prior[0] != 0.0 or prior[-1] != 1.0 or (widths <= 0).any():
+            raise ValueError(f"boundaries must be {num_regions + 1} increasing values from 0 to 1, got {prior}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.num_views, self.num_regions, self.learnable = num_views, num_regions, learnable
+        self.register_buffer("prior_boundaries", torch.tensor(prior), persistent=False)  # (R+1,)
+        log_tau = torch.full((num_views,), float(torch.tensor(temperature).log()))
+        if learnable:
+            # softmax(log w) = w exactly because the prior widths sum to 1
+            self.width_logits = nn.Parameter(widths.log().float().repeat(num_views, 1))  # (V, R)
+            self.log_tau = nn.Parameter(log_tau)  # (V,)
+            self.log_std = nn.Parameter(torch.zeros(num_views, num_regions))  # (V, R)
+            self.predictor = nn.Sequential(
+                nn.LayerNorm(num_views * desc_dim),
+                nn.Linear(num_views * desc_dim, hidden),
+                nn.GELU(),
+                nn.Linear(hidden, num_views * num_regions),
+            )
+            # zero last layer: every patient starts at the prior boundaries
+            nn.init.zeros_(self.predictor[-1].weight)
+            nn.init.zeros_(self.predictor[-1].bias)
+        else:
+            self.register_buffer("log_tau", log_tau, persistent=False)
+            self.register_buffer("log_std", torch.zeros(num_views, num_regions), persistent=False)
+        self.region_embed = nn.Parameter(torch.zeros(num_views, num_regions, channels))  # (V, R, C)
+        nn.init.trunc_normal_(self.region_embed, std=0.02)
+
+    def boundaries(self, descriptors: torch.Tensor) -> torch.Tensor:
+        """descriptors (B, V, desc_dim) -> boundaries (B, V, R+1), increasing from 0 to 1."""
+        B, V = descriptors.shape[:2]
+        if not self.learnable:
+            return self.prior_boundaries.to(descriptors.dtype).expand(B, V, -1)
+        shift = self.predictor(descriptors.flatten(1)).view(B, V, self.num_regions)  # (B, V, R)
+        widths = torch.softmax(self.width_logits + shift, dim=-1)  # (B, V, R)
+        return F.pad(widths.cumsum(-1), (1, 0))  # (B, V, R+1)
+
+    def memberships(self, depth: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+        """depth (V, G, G, G), bounds (B, V, R+1) -> soft memberships (B, V, R, G, G, G), sum 1 over R."""
+        tau = self.log_tau.exp()[None, :, None, None, None, None]  # (1, V, 1, 1, 1, 1)
+        inner = bounds[:, :, 1:-1, None, None, None]  # (B, V, R-1, 1, 1, 1)
+        above = torch.sigmoid((depth[None, :, None] - inner) / tau)  # (B, V, R-1, G, G, G): past edge k
+        ones = torch.ones_like(above[:, :, :1])
+        above = torch.cat([ones, above, torch.zeros_like(ones)], dim=2)  # (B, V, R+1, G, G, G)
+        return above[:, :, :-1] - above[:, :, 1:]  # telescopes: sums to exactly 1 over R
+
+    def forward(
+        self, features: torch.Tensor, depth: torch.Tensor, descriptors: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """features (B, V, C, G, G, G), depth (V, G, G, G), descriptors (B, V, desc_dim)
+        -> features (B, V, C, G, G, G), {"boundaries" (B, V, R+1), "log_std" (B, V, R),
+        "temperature" (V,), "prior_boundaries" (R+1,)}."""
+        B = features.shape[0]
+        bounds = self.boundaries(descriptors)
+        m = self.memberships(depth, bounds).to(features.dtype)  # (B, V, R, G, G, G)
+        embed = torch.einsum("bvrxyz,vrc->bvcxyz", m, self.region_embed.to(features.dtype))
+        confidence = torch.einsum("bvrxyz,vr->bvxyz", m, torch.exp(-self.log_std).to(features.dtype))
+        out = (features + embed) * confidence.unsqueeze(2)  # (B, V, C, G, G, G)
+        info = {
+            "boundaries": bounds,
+            "log_std": self.log_std.expand(B, -1, -1),
+            "temperature": self.log_tau.exp(),
+            "prior_boundaries": self.prior_boundaries,
+        }
+        return out, info
+
+
+class ViewFusion(nn.Module):
+    """Concatenate the views' lifted features and mix them with a 1x1x1 conv + BN.
+
+    Args:
+        num_views: V.
+        in_dim: C per view.
+        out_dim: channels of the fused volume (the token width).
+    """
+
+    def __init__(self, num_views: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(num_views * in_dim, out_dim, 1, bias=False)
+        self.norm = nn.BatchNorm3d(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, V, C, G, G, G) -> (B, out_dim, G, G, G)."""
+        return self.norm(self.conv(x.flatten(1, 2)))  # views stacked along channels: (B, V*C, G, G, G)
