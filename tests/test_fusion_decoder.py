@@ -18,7 +18,7 @@ def test_fusion_is_identity_on_vit_at_init(kv_pool):
     torch.manual_seed(0)
     fusion = CrossAttentionFusion(32, 4, head_dim=8, grid=GRID, kv_pool=kv_pool)
     vit, cnn = _tokens()
-    torch.testing.assert_close(fusion(vit, cnn), vit)
+    torch.testing.assert_close(fusion(vit, cnn), vit, atol=5e-3, rtol=0)  # gates start near 0
 
 
 def test_fusion_uses_cnn_after_training_steps():
@@ -85,7 +85,7 @@ def test_decoder_conditioning_changes_output_after_init():
     dec = VolumeDecoder(8, channels=(4,), cond_dim=6).eval()
     x = torch.randn(1, 8, 4, 4, 4)
     a, b = torch.randn(1, 6), torch.randn(1, 6)
-    torch.testing.assert_close(dec(x, a)[0], dec(x, b)[0])  # identity modulation at init
+    torch.testing.assert_close(dec(x, a)[0], dec(x, b)[0], atol=5e-3, rtol=0)  # near-identity modulation at init
     with torch.no_grad():
         dec.stages[0].modulation.proj.weight.normal_()
     assert not torch.allclose(dec(x, a)[0], dec(x, b)[0])

@@ -12,6 +12,18 @@ import torch
 from torch import nn
 
 
+NEAR_ZERO_STD = 1e-4
+
+
+def init_near_zero_(*params: torch.Tensor, std: float = NEAR_ZERO_STD) -> None:
+    """Start a branch (almost) switched off: output ≈ 0, so the network begins as the
+    simpler model. Not exactly 0: a zero weight would also stop the gradient to every
+    layer that feeds it, and those layers could not learn on the first step."""
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0.0, std)
+
+
 class AdaptiveModulation(nn.Module):
     """x * (1 + scale(c)) + shift(c), identity at initialisation.
 
@@ -26,9 +38,8 @@ class AdaptiveModulation(nn.Module):
         # SiLU before the projection as in DiT, so the conditioning enters non-linearly.
         self.act = nn.SiLU()
         self.proj = nn.Linear(cond_dim, 2 * dim)
-        # Zero weight and bias: scale = shift = 0 at init -> identity. Gradients still reach
-        # proj.weight (they are dL/d(scale, shift) x SiLU(c)), so it learns from step one.
-        nn.init.zeros_(self.proj.weight)
+        # scale = shift ≈ 0 at init -> (near) identity, as adaLN-Zero
+        init_near_zero_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

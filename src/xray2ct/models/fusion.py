@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xray2ct.models.attention import grid_to_tokens, tokens_to_grid
+from xray2ct.models.conditioning import init_near_zero_
 
 
 class CrossAttention(nn.Module):
@@ -80,9 +81,10 @@ class CrossAttentionFusion(nn.Module):
         super().__init__()
         self.vit_from_cnn = CrossAttention(dim, num_heads, head_dim, grid, kv_pool)
         self.cnn_from_vit = CrossAttention(dim, num_heads, head_dim, grid, kv_pool)
-        self.gate_vit = nn.Parameter(torch.zeros(dim))
+        self.gate_vit = nn.Parameter(torch.empty(dim))
         self.gate_cnn = nn.Parameter(torch.ones(dim))
-        self.gate_merge = nn.Parameter(torch.zeros(dim))
+        self.gate_merge = nn.Parameter(torch.empty(dim))
+        init_near_zero_(self.gate_vit, self.gate_merge)  # fusion starts as (almost) the ViT alone
 
     def forward(self, vit: torch.Tensor, cnn: torch.Tensor) -> torch.Tensor:
         """vit (B, N, dim), cnn (B, N, dim) -> (B, N, dim)."""

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xray2ct.geometry import Geometry
+from xray2ct.models.conditioning import init_near_zero_
 
 SAMPLE_MODES = ("bilinear", "nearest")
 
@@ -127,8 +128,8 @@ class LearnableDepthPriors(nn.Module):
                 nn.GELU(),
                 nn.Linear(hidden, num_views * num_regions),
             )
-            # zero last layer: every patient starts at the prior boundaries
-            nn.init.zeros_(self.predictor[-1].weight)
+            # (near) zero last layer: every patient starts at the prior boundaries
+            init_near_zero_(self.predictor[-1].weight)
             nn.init.zeros_(self.predictor[-1].bias)
         else:
             self.register_buffer("log_tau", log_tau, persistent=False)
