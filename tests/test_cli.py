@@ -79,3 +79,16 @@ def test_demo_writes_volume_drrs_and_montage(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "demo" / "demo_montage.png").stat().st_size > 10_000
     assert nib.load(tmp_path / "demo" / "demo" / "demo.nii.gz").shape == (64, 64, 64)
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+
+    from xray2ct.fileio import atomic_path
+
+    with atomic_path(tmp_path / "a.txt") as tmp:
+        tmp.write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temp file left

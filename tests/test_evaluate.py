@@ -19,19 +19,8 @@ from xray2ct.data.prepare import make_phantom_dataset
 from xray2ct.engine.evaluate import METRICS, evaluate, projection_errors, summarize
 from xray2ct.metrics import all_metrics
 
-N, S = 16, 32
-TINY = {"model.volume_size": N, "model.xray_img_size": S, "model.voxel_dim": 32, "model.num_heads": 2,
-        "model.xray_feature_dim": 32, "model.encoder_channels": [8, 8, 16, 32], "model.decoder_channels": [16, 8],
-        "model.num_attn_blocks": 1, "model.num_ffn_blocks": 1, "model.cnn_expand": 2}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: OpenMP threads only add synchronisation, which on a shared, busy CPU costs ~50x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from _tiny import N, S
+from _tiny import TINY_MODEL as TINY
 
 
 @pytest.fixture(scope="module")

@@ -154,3 +154,25 @@ def test_model_summary(small):
     assert 4 * small.model.volume_size**3 < summary["activation_bytes"] < 1e9
     text = format_summary(summary)
     assert "transformer" in text and "total" in text
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    """torch.compile (inductor, CPU) gives the eager outputs and gradients flow."""
+    from xray2ct.config import load_config
+
+    cfg = load_config("configs/cpu-small.json", overrides={
+        "model.volume_size": 16, "model.xray_img_size": 32, "model.voxel_dim": 32, "model.num_heads": 2,
+        "model.xray_feature_dim": 32, "model.encoder_channels": [8, 16, 16, 32], "model.decoder_channels": [16, 8],
+        "model.key_dim": 8})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    x = torch.rand(2, 2, 32, 32)
+    with torch.no_grad():
+        eager = model(x)["volume"]
+        compiled = torch.compile(model)(x)["volume"]
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+    model.train()
+    out = torch.compile(model)(x)
+    (out["volume"].mean() + out["log_var"].mean()).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

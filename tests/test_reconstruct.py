@@ -25,19 +25,10 @@ from xray2ct.engine import reconstruct as R
 from xray2ct.errors import UserError
 from xray2ct.physics.hu import unit_to_hu
 
-N, S, FOV = 16, 32, 320.0
-TINY = {"model.volume_size": N, "model.xray_img_size": S, "model.voxel_dim": 32, "model.num_heads": 2,
-        "model.xray_feature_dim": 32, "model.encoder_channels": [8, 8, 16, 32], "model.decoder_channels": [16, 8],
-        "model.num_attn_blocks": 1, "model.num_ffn_blocks": 1, "model.cnn_expand": 2}
+from _tiny import N, S
+from _tiny import TINY_MODEL as TINY
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: OpenMP threads only add synchronisation, which on a shared, busy CPU costs ~50x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+FOV = 320.0
 
 
 @pytest.fixture(scope="module")

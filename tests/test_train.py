@@ -14,16 +14,15 @@ from safetensors.torch import load_file
 from xray2ct.config import load_config
 from xray2ct.data.prepare import make_phantom_dataset
 
+from _tiny import TINY_MODEL
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # A tiny variant of cpu-small: every component on, seconds per run on 2 cores.
-TINY = {
-    "model.volume_size": 16, "model.xray_img_size": 32, "model.voxel_dim": 32, "model.num_heads": 2,
-    "model.xray_feature_dim": 32, "model.encoder_channels": [8, 16, 16, 32], "model.decoder_channels": [16, 8],
-    "model.key_dim": 8, "training.batch_size": 2, "training.num_epochs": 2, "training.warmup_epochs": 1,
-    "training.learning_rate": 1e-3, "data.num_workers": 0, "logging.log_interval": 1,
-    "logging.checkpoint_every_steps": 1, "optimization.use_mixed_precision": False,
-}
+TINY = {**TINY_MODEL, "model.num_attn_blocks": 2, "model.num_ffn_blocks": 2, "model.key_dim": 8,
+        "training.batch_size": 2, "training.num_epochs": 2, "training.warmup_epochs": 1,
+        "training.learning_rate": 1e-3, "data.num_workers": 0, "logging.log_interval": 1,
+        "logging.checkpoint_every_steps": 1, "optimization.use_mixed_precision": False}
 
 
 def _sets(overrides: dict) -> list[str]:
@@ -89,7 +88,7 @@ def test_run_folder_contents_and_validation(data, tmp_path):
         p.name for p in run.iterdir()}
     assert any((run / "tensorboard").iterdir())
     header = (run / "metrics.csv").read_text().splitlines()[0]
-    assert header == "step,epoch,psnr,ssim3d,mae_hu"
+    assert header == "step,epoch,elapsed_s,psnr,ssim3d,mae_hu"
     info = json.loads((run / "run_info.json").read_text())
     assert info["versions"]["torch"].startswith("2.")
     assert load(run / "config.json") == cfg
@@ -160,3 +159,33 @@ def test_ddp_two_processes_match_one_process(data, tmp_path):
     # BatchNorm statistics over the global batch (GlobalBatchNorm).
     print(f"update norm {moved:.4f}, ddp vs single {diff:.6f}")
     assert moved > 0 and diff < 0.01 * moved, (diff, moved)
+
+
+def test_gradient_accumulation_counts_optimizer_steps(data, tmp_path):
+    from xray2ct.engine.train import train
+
+    cfg = load_config(ROOT / "configs/cpu-small.json", overrides={
+        **TINY, "logging.checkpoint_every_steps": 0, "training.num_epochs": 1, "training.grad_accum_steps": 2})
+    result = train(cfg, tmp_path / "run", data_dir=data, device="cpu", progress=False)
+    # 10 training cases, batch 2 -> 5 micro-batches -> 2 optimizer steps (the 5th is dropped)
+    assert result.step == 2 and result.epoch == 1
+
+
+def test_lr_schedule_warmup_then_cosine():
+    from xray2ct.engine.train import lr_factor
+
+    f = [lr_factor(s, warmup_steps=10, total_steps=110) for s in range(110)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))  # monotone decay after warmup
+    assert f[60] == pytest.approx(0.02 + 0.98 * 0.5, abs=1e-6) and f[-1] > 0.02
+
+
+def test_no_data_anywhere_generates_cached_phantoms(tmp_path, monkeypatch):
+    from xray2ct.engine.train import default_data_dir
+
+    monkeypatch.setenv("XRAY2CT_CACHE", str(tmp_path))
+    cfg = load_config(ROOT / "configs/cpu-small.json", overrides={**TINY})
+    folder = default_data_dir(cfg, n=4, seed=1)
+    assert (folder / "splits.json").is_file() and len([p for p in folder.iterdir() if p.is_dir()]) == 4
+    mtime = (folder / "splits.json").stat().st_mtime
+    assert default_data_dir(cfg, n=4, seed=1) == folder and (folder / "splits.json").stat().st_mtime == mtime

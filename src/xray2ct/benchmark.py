@@ -89,7 +89,137 @@ def data_suite(size: int = 64, n: int = 5) -> str:
                  [[f"{size}³", str(t), f"{1e3 / t.median_ms:.1f}"]])
 
 
-SUITES = {"projector": projector_suite, "data": data_suite}
+def _interleaved(fns: dict[str, Callable[[], object]], device: str, repeats: int) -> dict[str, Timing]:
+    """Time several variants round-robin, so load from other processes biases none of them."""
+    for fn in fns.values():
+        fn()  # warm-up: allocation, oneDNN primitive creation
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
+        out[name] = Timing(statistics.median(ts), q[2] - q[0], len(ts))
+    return out
+
+
+def _fwd_bwd(module, x):
+    def run():
+        module.zero_grad(set_to_none=True)
+        out = module(x)
+        out = out["volume"].mean() + out["log_var"].mean() if isinstance(out, dict) else out.float().mean()
+        out.backward()
+    return run
+
+
+def components_suite(device: str = "cpu", grids=(8, 16), dim: int = 256, heads: int = 8, repeats: int = 5) -> str:
+    """Attention variants (fwd+bwd) and sandwich vs standard layout (activation memory)."""
+    from xray2ct.models.attention import build_attention
+    from xray2ct.models.blocks import TransformerStack
+    from xray2ct.models.summary import saved_activation_bytes
+
+    variants = {"MHSA": dict(kind="mhsa"), "CGA (faithful)": dict(kind="cga"),
+                "CGA + multi-scale K/V": dict(kind="cga", multiscale=True)}
+    rows = []
+    for g in grids:
+        x = torch.randn(1, g**3, dim, device=device)
+        mods = {}
+        for name, kw in variants.items():
+            torch.manual_seed(0)
+            mods[name] = build_attention(dim=dim, num_heads=heads, grid=(g, g, g), key_dim=16, kv_pool=2, **kw).to(device)
+        t = _interleaved({k: _fwd_bwd(m, x) for k, m in mods.items()}, device, repeats)
+        for name, m in mods.items():
+            params = sum(p.numel() for p in m.parameters())
+            rows.append([f"{g**3} ({g}³)", name, f"{params:,}", str(t[name]),
+                         f"{t['MHSA'].median_ms / t[name].median_ms:.2f}×"])
+    attn = table(["tokens", "attention", "params", "fwd+bwd ms", "speed vs MHSA"], rows)
+
+    g = grids[-1]
+    x = torch.randn(1, g**3, dim, device=device)
+    rows = []
+    mem = {}
+    for layout in ("standard", "sandwich"):
+        torch.manual_seed(0)
+        stack = TransformerStack(dim=dim, num_heads=heads, grid=(g, g, g), num_attn_blocks=2, num_ffn_blocks=4,
+                                 layout=layout, attention="cga", multiscale=True).to(device)
+        mem[layout] = saved_activation_bytes(stack, x)
+        rows.append([layout, " → ".join(stack.layout_names), f"{mem[layout] / 2**20:.1f}"])
+    rows[-1].append(f"{mem['sandwich'] / mem['standard']:.2f}×")
+    rows[0].append("1.00×")
+    layout = table(["layout (2 attn + 4 FFN, equal depth)", "blocks", "activations saved, MiB", "vs standard"], rows)
+    return (f"Attention, width {dim}, {heads} heads, batch 1, median ± IQR/2 of {repeats} interleaved runs:\n\n"
+            f"{attn}\n\nTransformer stack at {g**3} tokens (CGA + multi-scale in both):\n\n{layout}")
+
+
+def _peak_train_memory(config_path: str, overrides: dict, batch: int, device: str) -> float:
+    """Peak memory (GiB) of one training step in a fresh process: CUDA max allocated, or CPU peak RSS."""
+    import json
+    import subprocess
+    import sys
+
+    code = f"""
+import json, resource, torch
+from xray2ct.config import load_config
+from xray2ct.models import build_model
+cfg = load_config({config_path!r}, overrides=json.loads({json.dumps(json.dumps(overrides))}))
+m = build_model(cfg).to({device!r}); s = cfg.model.xray_img_size
+x = torch.rand({batch}, 2, s, s, device={device!r})
+out = m(x); (out["volume"].mean() + out["log_var"].mean()).backward()
+if {device!r}.startswith("cuda"):
+    print(torch.cuda.max_memory_allocated() / 2**30)
+else:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def model_suite(device: str = "cpu", sizes=(32, 64), repeats: int = 3, memory: bool = True) -> str:
+    """Optimized vs baseline config at each volume size: params, train step, inference, peak memory."""
+    from xray2ct.config import load_config
+    from xray2ct.models import build_model
+
+    rows = []
+    for n in sizes:
+        over = {"model.volume_size": n, "model.xray_img_size": 512 if n >= 64 else (256 if n >= 32 else 64)}
+        models, x = {}, None
+        for name in ("baseline", "optimized"):
+            torch.manual_seed(0)
+            cfg = load_config(f"configs/{name}.json", overrides=over)
+            models[name] = build_model(cfg).to(device)
+            x = torch.rand(1, 2, cfg.model.xray_img_size, cfg.model.xray_img_size, device=device)
+
+        def infer(m):
+            def run():
+                with torch.no_grad():
+                    m.eval()(x)
+                m.train()
+            return run
+
+        train = _interleaved({k: _fwd_bwd(m, x) for k, m in models.items()}, device, repeats)
+        inf = _interleaved({k: infer(m) for k, m in models.items()}, device, repeats)
+        peak = {k: _peak_train_memory(f"configs/{k}.json", over, 2, device) if memory else float("nan")
+                for k in models}
+        params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
+        for k in models:
+            rows.append([f"{n}³ / {over['model.xray_img_size']}²", k, f"{params[k] / 1e6:.2f} M", str(train[k]),
+                         str(inf[k]), f"{peak[k]:.2f}"])
+        b, o = "baseline", "optimized"
+        rows.append([f"{n}³", "**optimized / baseline**", f"{params[o] / params[b]:.2f}×",
+                     f"{train[b].median_ms / train[o].median_ms:.2f}× faster",
+                     f"{inf[b].median_ms / inf[o].median_ms:.2f}× faster", f"{peak[o] / peak[b]:.2f}×"])
+        del models
+    mem = "CUDA max allocated" if device.startswith("cuda") else "process peak RSS"
+    return table(["volume / X-rays", "model", "params", "train step ms (batch 1)", "inference ms (batch 1)",
+                  f"peak GiB, train step batch 2 ({mem})"], rows)
+
+
+SUITES = {"projector": projector_suite, "data": data_suite, "components": components_suite, "model": model_suite}
 
 
 def write_section(path: str | os.PathLike, suite: str, body: str, command: str, device: str) -> None:

@@ -177,27 +177,23 @@ def info(config: Path = typer.Option(..., help="JSON config file.")):
     from xray2ct.config import load_config
 
     cfg = load_config(config)
-    from xray2ct.models.summary import model_summary
+    from xray2ct.models.summary import model_summary, summary_rows
 
-    s = model_summary(cfg)
-    t = Table("component", "parameters", title=f"{config}")
-    for name, count in s["parameters"].items():
-        t.add_row(name, f"{count:,}")
-    Console().print(t)
-    for key, value in s.items():
-        if key != "parameters":
-            Console().print(f"{key}: {value}")
+    table = Table("", "value", title=str(config))
+    for label, value in summary_rows(model_summary(cfg)):
+        table.add_row(label, value)
+    Console().print(table)
 
 
 @app.command()
 def benchmark(
-    suite: str = typer.Option("all", help="projector | data | all"),
+    suite: str = typer.Option("all", help="projector | data | components | model | all"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     out: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update (its section per suite)."),
     quick: bool = typer.Option(False, help="Tiny sizes and few repeats (a smoke run)."),
 ):
     """Time the suites and write their tables into docs/BENCHMARKS.md."""
-    from xray2ct.benchmark import SUITES, data_suite, projector_suite, write_section
+    from xray2ct.benchmark import SUITES, components_suite, data_suite, model_suite, projector_suite, write_section
 
     names = list(SUITES) if suite == "all" else [suite]
     for name in names:
@@ -208,8 +204,13 @@ def benchmark(
         console.print(f"running suite [bold]{name}[/bold] on {device} …")
         if name == "projector":
             body = projector_suite(device, sizes=(16, 32) if quick else (64, 128, 256), det=32 if quick else 256, quick=quick)
-        else:
+        elif name == "data":
             body = data_suite(size=16 if quick else 64, n=2 if quick else 5)
+        elif name == "components":
+            body = components_suite(device, grids=(4,) if quick else (8, 16), dim=32 if quick else 256,
+                                    heads=2 if quick else 8, repeats=2 if quick else 5)
+        else:
+            body = model_suite(device, sizes=(16,) if quick else (32, 64), repeats=1 if quick else 3, memory=not quick)
         Console().print(body)
         if out is not None:
             write_section(out, name, body, command, device)
@@ -218,12 +219,20 @@ def benchmark(
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("xray2ct-demo"), help="Output folder.")):
-    """Generate a chest phantom, render its PA and lateral DRRs and save a montage."""
-    from xray2ct.engine.demo import run_demo
+def demo(
+    out: Path = typer.Option(Path("xray2ct-demo"), help="Output folder."),
+    train: bool = typer.Option(False, "--train", help="Run the whole pipeline instead: phantoms → training → "
+                               "evaluation → reconstruction."),
+    budget_minutes: float = typer.Option(5.0, help="With --train: training time budget, minutes."),
+    n: int = typer.Option(60, min=10, help="With --train: number of phantoms to generate."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+):
+    """Reconstruct the bundled example X-rays with the bundled weights (or, with --train, the whole pipeline)."""
+    from xray2ct.engine.demo import run_demo, run_training_demo
 
-    for line in run_demo(out):
-        console.print(line)
+    lines = run_training_demo(out, budget_minutes, n, device) if train else run_demo(out, device)
+    for line in lines:
+        console.print(line, soft_wrap=True)
 
 
 def main() -> None:

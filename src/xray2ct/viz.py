@@ -54,3 +54,29 @@ def ct_and_drr_montage(path, hu: np.ndarray, pa: np.ndarray, lat: np.ndarray, ti
         for p in PLANES
     ]
     save_montage(path, panels, ncols=5, title=title, colorbar_label="HU")
+
+
+def plot_learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike, title: str | None = None) -> None:
+    """Validation PSNR and 3D SSIM against training time (minutes) from a run's metrics.csv."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(metrics_csv)))
+    x_key = "elapsed_s" if rows and "elapsed_s" in rows[0] else "step"
+    x = [float(r[x_key]) / (60 if x_key == "elapsed_s" else 1) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key, label in ((axes[0], "psnr", "val PSNR (dB)"), (axes[1], "ssim3d", "val 3D SSIM")):
+        ax.plot(x, [float(r[key]) for r in rows], marker="o", ms=3)
+        ax.set_xlabel("training time (min)" if x_key == "elapsed_s" else "step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

@@ -1,29 +1,116 @@
-"""`xray2ct demo`: the main job on the embedded default, with no download."""
+"""`xray2ct demo`: the main job on what ships with the package, no download.
+
+Default: the bundled weights reconstruct the bundled example X-ray pairs; each volume is
+written as NIfTI (HU) with a three-plane preview, and compared with its ground truth.
+`--train`: the whole pipeline for a newcomer: phantoms -> short training -> evaluation
+-> reconstruction, within a time budget.
+"""
 from __future__ import annotations
 
+import shutil
+import time
+from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Iterator
 
+EXAMPLES = "assets/examples"
+DEFAULT = "assets/default"
 
-def run_demo(out: str | Path, size: int = 64, xray_size: int = 256, seed: int = 0) -> Iterator[str]:
-    """Phantom -> PA + lateral DRRs -> montage; yields progress lines for the CLI."""
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    pa: Path
+    lat: Path
+    ct: Path | None  # ground truth, when known
+
+
+def bundled_examples(folder: Path | None = None) -> list[Example]:
+    """Example pairs `{id}_pa.*`, `{id}_lat.*` with optional `{id}_ct.nii.gz`, sorted by id."""
+    folder = folder or Path(str(files("xray2ct"))) / EXAMPLES
+    out = []
+    for pa in sorted(folder.glob("*_pa.*")):
+        case = pa.name.rsplit("_pa.", 1)[0]
+        lat = next(iter(sorted(folder.glob(f"{case}_lat.*"))), None)
+        ct = folder / f"{case}_ct.nii.gz"
+        if lat is not None:
+            out.append(Example(case, pa, lat, ct if ct.is_file() else None))
+    return out
+
+
+def run_demo(out: str | Path, device: str = "cpu") -> Iterator[str]:
+    """Reconstruct every bundled example with the bundled weights; yields report lines."""
     import numpy as np
-    from PIL import Image
+    import torch
+    from tqdm import tqdm
 
-    from xray2ct.data.layout import write_case
-    from xray2ct.data.phantoms import chest_phantom
-    from xray2ct.viz import ct_and_drr_montage
+    from xray2ct.data.ctio import load_volume
+    from xray2ct.engine.reconstruct import default_checkpoint, load_for_inference, load_pair, predict, \
+        save_preview, save_volume, uncertainty_hu
+    from xray2ct.metrics import mae_hu, psnr, ssim3d
+    from xray2ct.physics.hu import hu_to_unit, unit_to_hu
+
+    started = time.monotonic()
+    out = Path(out)
+    ckpt = default_checkpoint()
+    model, cfg, dev = load_for_inference(ckpt, device)
+    n = cfg.model.volume_size
+    spacing = (cfg.geometry.fov_mm / n,) * 3
+    examples = bundled_examples()
+    yield f"model: {ckpt.name} ({cfg.model.volume_size}³ from {cfg.model.xray_img_size}² X-rays), {len(examples)} examples"
+    rows = []
+    for ex in tqdm(examples, desc="reconstruct", unit="case"):
+        xrays = load_pair(ex.pa, ex.lat, cfg.model.xray_img_size)
+        volume, log_var = predict(model, xrays, dev)
+        hu = unit_to_hu(volume)[0, 0].cpu().numpy()
+        std = uncertainty_hu(log_var)[0, 0].cpu().numpy() if log_var is not None else None
+        save_volume(out / f"{ex.id}.nii.gz", hu, spacing, "nifti")
+        save_preview(out / f"{ex.id}_preview.png", hu, std, title=f"{ex.id} (reconstruction)")
+        row = {"id": ex.id}
+        if ex.ct is not None:
+            gt_hu, _ = load_volume(ex.ct)
+            gt = hu_to_unit(torch.from_numpy(np.ascontiguousarray(gt_hu)))[None, None]
+            pred = volume.cpu().float()
+            row.update(psnr=psnr(pred, gt).item(), ssim=ssim3d(pred, gt).item(), mae=mae_hu(pred, gt).item())
+        rows.append(row)
+    for r in rows:
+        if "psnr" in r:
+            yield f"{r['id']:<24} PSNR {r['psnr']:.2f} dB   SSIM {r['ssim']:.3f}   MAE {r['mae']:.0f} HU"
+        else:
+            yield f"{r['id']:<24} (no ground truth)"
+    yield f"volumes (NIfTI, HU) and previews: {out.resolve()}  [{time.monotonic() - started:.1f} s]"
+
+
+def run_training_demo(out: str | Path, budget_minutes: float = 5.0, n: int = 60, device: str = "auto",
+                      config: str | Path | None = None) -> Iterator[str]:
+    """phantoms -> train (time budget) -> evaluate -> reconstruct, in `out`."""
+    from xray2ct.config import load_config
+    from xray2ct.data.prepare import make_phantom_dataset
+    from xray2ct.engine.evaluate import evaluate
+    from xray2ct.engine.reconstruct import reconstruct
+    from xray2ct.engine.train import train
 
     out = Path(out)
-    yield f"generating a {size}³ chest phantom (seed {seed}) …"
-    hu = chest_phantom(size=size, seed=seed)
-    spacing = (320.0 / size,) * 3
-    yield f"rendering PA and lateral DRRs ({xray_size}² detector) …"
-    case_dir = write_case(out, "demo", hu, spacing, xray_size=xray_size)
-    pa = np.asarray(Image.open(case_dir / "demo_pa_drr.png"), dtype=np.float32) / 65535
-    lat = np.asarray(Image.open(case_dir / "demo_lat_drr.png"), dtype=np.float32) / 65535
-    montage = out / "demo_montage.png"
-    ct_and_drr_montage(montage, hu, pa, lat, title="xray2ct demo: phantom CT and its DRRs")
-    yield f"volume:  {case_dir / 'demo.nii.gz'}"
-    yield f"DRRs:    {case_dir / 'demo_pa_drr.png'}, {case_dir / 'demo_lat_drr.png'}"
-    yield f"montage: {montage}"
+    config = config or Path(str(files("xray2ct"))) / DEFAULT / "config.json"
+    cfg = load_config(config, overrides={"data.num_workers": 0})
+    data = out / "phantoms"
+    yield f"1/4 generating {n} phantoms ({cfg.model.volume_size}³) in {data}"
+    make_phantom_dataset(data, n=n, size=cfg.model.volume_size, seed=0, xray_size=cfg.model.xray_img_size)
+    yield f"2/4 training {config} for up to {budget_minutes:g} min"
+    run = out / "run"
+    if run.exists():
+        shutil.rmtree(run)
+    result = train(cfg, run, data_dir=data, device=device, time_budget_s=budget_minutes * 60, argv=["demo", "--train"])
+    yield f"    trained {result.step} steps; {result.stopped_early or 'all epochs done'}"
+    yield "3/4 evaluating on the test split"
+    ev = evaluate(run, data, split="test", out=out / "eval", device=device, montages=2)
+    for key in ("psnr", "ssim3d", "mae_hu"):
+        s = ev.summary[key]
+        ci = f"95% CI {s['ci95'][0]:.3f}…{s['ci95'][1]:.3f}, " if s["ci95"] else ""
+        yield f"    {key}: {s['mean']:.3f} ({ci}n={s['n']})"
+    case = ev.per_case[0]["id"]
+    yield f"4/4 reconstructing test case {case}"
+    vol = reconstruct(data / case / f"{case}_pa_drr.png", data / case / f"{case}_lat_drr.png", out / f"{case}.nii.gz",
+                      checkpoint=run, preview=out / f"{case}_preview.png", device=device, overwrite=True)
+    yield f"done: volume {vol}, evaluation in {out / 'eval'}"

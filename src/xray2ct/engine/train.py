@@ -75,7 +75,7 @@ def default_data_dir(cfg: Config, n: int = 200, seed: int = 0) -> Path:
     if not (folder / "splits.json").is_file():
         log.info("no data given: generating %d phantoms into %s", n, folder)
         make_phantom_dataset(folder, n=n, size=cfg.model.volume_size, seed=seed,
-                             xray_size=max(256, cfg.model.xray_img_size), progress=True)
+                             xray_size=cfg.model.xray_img_size, progress=True)
     return folder
 
 
@@ -236,6 +236,11 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(tc.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
 
+    if not (data_dir or cfg.data.dataset_path):
+        if info.is_main:
+            default_data_dir(cfg, seed=tc.seed)  # generated once, by rank 0
+        if info.enabled:
+            torch.distributed.barrier()
     data_dir = Path(data_dir or cfg.data.dataset_path or default_data_dir(cfg, seed=tc.seed))
     train_ds = make_dataset(cfg, data_dir, "train", train=True)
     val_ds = make_dataset(cfg, data_dir, "val", train=False)
@@ -273,7 +278,7 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
 
     # step: optimizer steps taken (drives the LR schedule); slot: accumulation groups
     # consumed, including skipped non-finite ones (drives the data position).
-    step, slot, best, history = 0, 0, -math.inf, []
+    step, slot, best, history, elapsed_before = 0, 0, -math.inf, [], 0.0
     if resume:
         last = out / "last.safetensors"
         if not last.is_file():
@@ -288,6 +293,7 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
         rng = state["rng"]
         set_rng_state(rng[info.rank] if isinstance(rng, list) else rng)
         step, slot, best, history = state["step"], state["slot"], state["best_psnr"], state["history"]
+        elapsed_before = state.get("elapsed_s", 0.0)
         log.info("resumed %s at step %d", out, step)
 
     writer = None
@@ -309,7 +315,8 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
             save_checkpoint(out, name, raw_model, cfg, step, slot // steps_per_epoch, training_state={
                 "slot": slot, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rngs if info.enabled else rngs[0], "best_psnr": best, "history": history})
+                "rng": rngs if info.enabled else rngs[0], "best_psnr": best, "history": history,
+                "elapsed_s": elapsed_before + time.monotonic() - started})
 
     limit = min(total_steps, max_steps) if max_steps else total_steps
     bar = None
@@ -399,7 +406,8 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
                 done = epoch + 1  # epochs completed
                 if done % cfg.logging.val_interval == 0 or slot >= total_steps or step >= limit:
                     metrics = validate(raw_model, val_loader, dev, amp, info)
-                    history.append({"step": step, "epoch": done, **metrics})
+                    elapsed = round(elapsed_before + time.monotonic() - started, 1)  # training wall time
+                    history.append({"step": step, "epoch": done, "elapsed_s": elapsed, **metrics})
                     if info.is_main:
                         for k, v in metrics.items():
                             writer.add_scalar(f"val/{k}", v, step)

@@ -9,7 +9,7 @@
 
 Hierarchical adaptive conditioning (optional): the global descriptors of every encoder
 scale of both views -> MLP -> one vector that modulates every transformer block and
-decoder stage through their own zero-initialised `AdaptiveModulation`.
+decoder stage through their own near-zero-initialised `AdaptiveModulation`.
 """
 
 from __future__ import annotations
