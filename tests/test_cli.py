@@ -56,7 +56,7 @@ def test_prepare_command_lists_failures_and_continues(tmp_path):
 def test_user_error_is_one_line_not_a_traceback(tmp_path):
     exe = Path(sys.executable).parent / "xray2ct"
     missing = tmp_path / "nope"
-    r = subprocess.run([str(exe), "info", "--config", str(missing / "x.json")], capture_output=True, text=True)
+    r = subprocess.run([str(exe), "info", "--config", str(missing / "x.json")], capture_output=True, encoding="utf-8", errors="replace")
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "x.json" in r.stderr
 
@@ -72,13 +72,6 @@ def test_benchmark_quick_writes_sections(tmp_path):
     # re-running replaces the section instead of appending a second one
     runner.invoke(app, ["benchmark", "--suite", "data", "--quick", "--out", str(md)])
     assert md.read_text().count("<!-- suite:data:cpu -->") == 1
-
-
-def test_demo_writes_volume_drrs_and_montage(tmp_path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "demo" / "demo_montage.png").stat().st_size > 10_000
-    assert nib.load(tmp_path / "demo" / "demo" / "demo.nii.gz").shape == (64, 64, 64)
 
 
 def test_atomic_writes_get_normal_permissions(tmp_path):

@@ -308,7 +308,7 @@ def test_console_script_prints_one_line(env, tmp_path):
     missing = tmp_path / "nope.png"
     proc = subprocess.run([str(exe), "reconstruct", "--pa", str(missing), "--lat", str(env["lat"]), "--checkpoint",
                            str(env["ckpt"]), "--out", str(tmp_path / "v.nii.gz")],
-                          capture_output=True, text=True, timeout=120, env={"COLUMNS": "300", "PATH": "/usr/bin:/bin"})
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=120, env={"COLUMNS": "300", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and str(missing) in lines[0]

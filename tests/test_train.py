@@ -120,7 +120,7 @@ def test_sigterm_saves_and_exits_cleanly(data, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(_train_cmd(data, run, overrides={**TINY, "logging.checkpoint_every_steps": 0,
                                                               "training.num_epochs": 50}),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "run_info.json").exists():
         time.sleep(0.05)
@@ -142,7 +142,7 @@ def test_ddp_two_processes_match_one_process(data, tmp_path):
                               overrides={**common, "training.batch_size": 4}), check=True, capture_output=True, env=env)
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "xray2ct.cli"] + _train_cmd(
         data, ddp, "--max-steps", str(steps), "--device", "cpu", overrides={**common, "training.batch_size": 2})[1:]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     from xray2ct.models import build_model
 

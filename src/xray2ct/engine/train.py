@@ -437,7 +437,8 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
     from xray2ct.fileio import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        fields = list(dict.fromkeys(k for row in history for k in row))  # rows of older runs may lack a column
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(history)
 
