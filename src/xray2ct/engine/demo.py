@@ -106,7 +106,7 @@ def run_training_demo(out: str | Path, budget_minutes: float = 5.0, n: int = 60,
     yield "3/4 evaluating on the test split"
     ev = evaluate(run, data, split="test", out=out / "eval", device=device, montages=2)
     for key in ("psnr", "ssim3d", "mae_hu"):
-        s = ev.summary[key]
+        s = ev.summary["metrics"][key]
         ci = f"95% CI {s['ci95'][0]:.3f}…{s['ci95'][1]:.3f}, " if s["ci95"] else ""
         yield f"    {key}: {s['mean']:.3f} ({ci}n={s['n']})"
     case = ev.per_case[0]["id"]
