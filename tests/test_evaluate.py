@@ -11,29 +11,21 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from xray2ct.checkpoint import CheckpointError, load_model, save_checkpoint
+from xray2ct.checkpoint import CheckpointError, load_model
 from xray2ct.config import load_config
 from xray2ct.data.dataset import BiplanarDataset
 from xray2ct.data.errors import XRay2CTInputError
-from xray2ct.data.prepare import make_phantom_dataset
 from xray2ct.engine.evaluate import METRICS, evaluate, projection_errors, summarize
 from xray2ct.metrics import all_metrics
 
-from _tiny import N, S
+from _tiny import N, S, tiny_run
 from _tiny import TINY_MODEL as TINY
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(checkpoint file, dataset root with 4 phantoms) shared by the tests of this module."""
-    from xray2ct.models import build_model
-
-    root = tmp_path_factory.mktemp("eval")
-    cfg = load_config("configs/cpu-small.json", TINY)
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(root / "run", "best", build_model(cfg), cfg, step=7, epoch=1)
-    make_phantom_dataset(root / "data", n=4, size=N, xray_size=S, progress=False)
-    return ckpt, root / "data"
+    return tiny_run(tmp_path_factory.mktemp("eval"), n_cases=4, step=7)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from xray2ct.metrics import all_metrics, mae_hu, psnr, ssim3d, x2ct_psnr, x2ct_ssim
+from xray2ct.metrics import all_metrics, mae_hu, psnr, ssim3d, x2ct_psnr
 
 
 def _vols(seed=0, n=16):

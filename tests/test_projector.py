@@ -1,5 +1,4 @@
 """The DRR projector against analytic line integrals and the DESIGN.md orientation."""
-import math
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ def ellipsoid_occupancy(g: Geometry, centre_mm, semi_axes_mm, sub: int = 4) -> t
     """Fraction of each voxel inside the ellipsoid, by sub³ supersampling: (D, H, W), float64."""
     axes = []
     for a in range(3):
-        n, s = g.volume_shape[a], g.voxel_mm[a]
+        s = g.voxel_mm[a]
         offsets = (torch.arange(sub, dtype=torch.float64) + 0.5) / sub - 0.5
         axes.append((g.axis_mm(a, dtype=torch.float64)[:, None] + offsets[None] * s).reshape(-1))
     pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)

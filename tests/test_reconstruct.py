@@ -20,12 +20,11 @@ from xray2ct.checkpoint import CheckpointError, load_model, save_checkpoint
 from xray2ct.config import load_config
 from xray2ct.data.ctio import load_volume, our_affine
 from xray2ct.data.errors import XRay2CTInputError
-from xray2ct.data.prepare import make_phantom_dataset
 from xray2ct.engine import reconstruct as R
 from xray2ct.errors import UserError
 from xray2ct.physics.hu import unit_to_hu
 
-from _tiny import N, S
+from _tiny import N, S, tiny_run
 from _tiny import TINY_MODEL as TINY
 
 FOV = 320.0
@@ -34,15 +33,10 @@ FOV = 320.0
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Checkpoint, a PA/lateral pair, and the model's expected output for that pair."""
-    from xray2ct.models import build_model
-
     root = tmp_path_factory.mktemp("recon")
-    cfg = load_config("configs/cpu-small.json", TINY)
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(root / "run", "best", build_model(cfg), cfg, step=1, epoch=1)
-    make_phantom_dataset(root / "data", n=2, size=N, xray_size=S, progress=False)
+    ckpt, _ = tiny_run(root, n_cases=2)
     pa, lat = (root / "data" / "phantom_0000" / f"phantom_0000_{v}_drr.png" for v in ("pa", "lat"))
-    model, _, _ = load_model(ckpt)
+    model, cfg, _ = load_model(ckpt)
     xrays = R.load_pair(pa, lat, S)
     with torch.no_grad():
         out = model(xrays)
