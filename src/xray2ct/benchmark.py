@@ -77,7 +77,8 @@ def projector_suite(device: str = "cpu", sizes=(64, 128, 256), det: int = 256, q
             fwd = time_fn(lambda: project(mu, g), device, warmup=1, repeats=reps)
         both = time_fn(lambda: project(mu, g).sum().backward(), device, warmup=1, repeats=reps)
         rows.append([f"{n}³ → 2×{det}²", str(fwd), str(both)])
-    return table(["volume → detectors", "forward ms", "forward+backward ms"], rows)
+    return ("Cone-beam DRRs of both views (PA + lateral) with `xray2ct.project`, float32, batch 1:\n\n"
+            + table(["volume → detectors", "forward ms", "forward+backward ms"], rows))
 
 
 def data_suite(size: int = 64, n: int = 5) -> str:
