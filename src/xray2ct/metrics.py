@@ -33,8 +33,15 @@ def _ssim(pred: torch.Tensor, target: torch.Tensor, spatial_dims: int, win: int,
 
 
 def ssim3d(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(B, 1, D, H, W) x2 -> (B,) 3D SSIM with a 7³ Gaussian window."""
-    return _ssim(pred, target, spatial_dims=3, win=7, data_range=1.0)
+    """(B, 1, D, H, W) x2 -> (B,) 3D SSIM with a 7³ Gaussian window.
+
+    The training loss's separable implementation: MONAI's SSIMMetric values (tested to
+    1e-5), several times faster at 64³.
+    """
+    from xray2ct.losses import ssim3d as separable_ssim3d
+
+    with torch.no_grad():
+        return separable_ssim3d(pred.float(), target.float(), win_size=7, sigma=1.5, data_range=1.0)
 
 
 def mae_hu(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
