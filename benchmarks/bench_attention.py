@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from xray2ct.models.attention import build_attention
+from xray2ct.benchmark import components_suite
 
 
 def time_fwd_bwd(fn: Callable[[], torch.Tensor], repeats: int) -> float:
@@ -31,41 +31,6 @@ def time_fwd_bwd(fn: Callable[[], torch.Tensor], repeats: int) -> float:
         if i:  # the first pass pays one-time allocation / oneDNN primitive creation
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def bench_modules(grids: list[int], batch: int, repeats: int, dim: int, heads: int) -> str:
-    variants = {
-        "MHSA": dict(kind="mhsa"),
-        "CGA": dict(kind="cga"),
-        "CGA multi-scale": dict(kind="cga", multiscale=True),
-    }
-    rows = [
-        "| tokens (grid) | variant | params | fwd+bwd ms | speed-up vs MHSA |",
-        "|---|---|---|---|---|",
-    ]
-    for g in grids:
-        grid = (g, g, g)
-        x = torch.randn(batch, g**3, dim, requires_grad=True)
-        modules = {}
-        for name, kw in variants.items():
-            torch.manual_seed(0)
-            modules[name] = build_attention(
-                dim=dim, num_heads=heads, grid=grid, key_dim=16, kv_pool=2, **kw
-            )
-        # interleave the variants, one pass each per round, so that load from other
-        # processes on a shared machine biases none of them
-        times: dict[str, list[float]] = {name: [] for name in modules}
-        for _ in range(repeats):
-            for name, m in modules.items():
-                times[name].append(time_fwd_bwd(lambda m=m: m(x), 1))
-        base = statistics.median(times["MHSA"])
-        for name, m in modules.items():
-            t = statistics.median(times[name])
-            params = sum(p.numel() for p in m.parameters())
-            rows.append(
-                f"| {g**3} ({g}³) | {name} | {params:,} | {t * 1e3:.1f} | {base / t:.2f}x |"
-            )
-    return "\n".join(rows)
 
 
 def bench_kernels(n: int, batch: int, repeats: int, key_dim: int = 16, d_v: int = 32) -> str:
@@ -109,7 +74,7 @@ def main() -> None:
     parser.add_argument(
         "--kernels", action="store_true", help="also time the single-head kernel options"
     )
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1, help="batch of the --kernels timings")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = parser.parse_args()
@@ -118,9 +83,9 @@ def main() -> None:
     grids = [8, 16] + ([32] if args.big else [])
     print(
         f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads, "
-        f"batch {args.batch}, width 256, 8 heads, median of {args.repeats}\n"
+        f"width 256, 8 heads, median of {args.repeats}\n"
     )
-    print(bench_modules(grids, args.batch, args.repeats, dim=256, heads=8))
+    print(components_suite("cpu", grids=tuple(grids), dim=256, heads=8, repeats=args.repeats))
     if args.kernels:
         print()
         print(bench_kernels(16**3, args.batch, args.repeats))

@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from xray2ct.fileio import atomic_path
+
 
 @dataclass
 class Timing:
@@ -25,6 +27,12 @@ class Timing:
 
     def __str__(self) -> str:
         return f"{self.median_ms:.1f} ± {self.iqr_ms / 2:.1f}"
+
+
+def _timing(times_ms: list[float]) -> Timing:
+    """Median and interquartile range of repeat times (ms)."""
+    q = statistics.quantiles(times_ms, n=4) if len(times_ms) >= 2 else [times_ms[0]] * 3
+    return Timing(statistics.median(times_ms), q[2] - q[0], len(times_ms))
 
 
 def _sync(device: str) -> None:
@@ -45,8 +53,7 @@ def time_fn(fn: Callable[[], object], device: str = "cpu", warmup: int = 2, repe
         fn()
         _sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return Timing(statistics.median(times), q[2] - q[0], len(times))
+    return _timing(times)
 
 
 def machine_line(device: str = "cpu") -> str:
@@ -102,11 +109,7 @@ def _interleaved(fns: dict[str, Callable[[], object]], device: str, repeats: int
             fn()
             _sync(device)
             times[name].append((time.perf_counter() - t0) * 1e3)
-    out = {}
-    for name, ts in times.items():
-        q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
-        out[name] = Timing(statistics.median(ts), q[2] - q[0], len(ts))
-    return out
+    return {name: _timing(ts) for name, ts in times.items()}
 
 
 def _fwd_bwd(module, x):
@@ -232,7 +235,5 @@ def write_section(path: str | os.PathLike, suite: str, body: str, command: str, 
                f"{body}\n{end}")
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

@@ -18,7 +18,6 @@ import difflib
 import json
 import math
 import os
-import tempfile
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -403,18 +402,11 @@ def override_config(cfg: Config, overrides: dict | None, source: str = "override
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    """Write cfg as JSON atomically (temp file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(config_to_dict(cfg), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write cfg as JSON atomically (temp file in the same folder, then rename)."""
+    from xray2ct.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
 
 
 __all__ = [

@@ -159,7 +159,7 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
-def _run_info(cfg: Config, argv: list[str]) -> dict:
+def _run_info(argv: list[str]) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -300,7 +300,7 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.json")
-        _atomic_json(out / "run_info.json", _run_info(cfg, argv))
+        _atomic_json(out / "run_info.json", _run_info(argv))
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tensorboard"))
