@@ -111,13 +111,15 @@ def evaluate(
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     batch_size: int = typer.Option(2, min=1, help="Cases per forward pass."),
     montages: Optional[int] = typer.Option(None, min=0, help="Montages for the first this-many cases (default: all)."),
+    report: bool = typer.Option(False, help="Also write OUT/report.html: a self-contained page with the metrics, "
+                                "montages and the first case's volume and bone surface."),
 ):
     """Metrics per case (ours and the X2CT-GAN protocol, projection consistency), summary with 95% CIs, montages."""
     from xray2ct.engine.evaluate import METRICS
     from xray2ct.engine.evaluate import evaluate as run_evaluation
 
     result = run_evaluation(checkpoint, data, split=None if split == "all" else split, out=out, device=device,
-                            batch_size=batch_size, montages=montages, progress=True)
+                            batch_size=batch_size, montages=montages, progress=True, report=report)
     t = Table("metric", "protocol", "mean", "std", "95% CI", "n", title=f"{result.summary['split']} split, "
               f"{result.summary['n_cases']} case(s)")
     for name, s in result.summary["metrics"].items():
@@ -126,7 +128,8 @@ def evaluate(
         t.add_row(name, s["protocol"], f"{s['mean']:.4g}{unit}", "-" if s["std"] is None else f"{s['std']:.3g}", ci,
                   str(s["n"]))
     Console().print(t)
-    console.print(f"per_case.csv, summary.json and {len(result.montages)} montage(s) in {result.out}")
+    console.print(f"per_case.csv, summary.json{', report.html' if report else ''} and {len(result.montages)} "
+                  f"montage(s) in {result.out}")
 
 
 @app.command()
@@ -145,6 +148,9 @@ def reconstruct(
     format_: str = typer.Option("nifti", "--format", help="nifti | npy | dicom (a folder of axial CT slices)."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
     batch: Optional[Path] = typer.Option(None, help="Reconstruct every {id}_pa* / {id}_lat* pair in this folder."),
+    report: Optional[Path] = typer.Option(None, help="Also write a self-contained HTML report here (slices, "
+                                          "uncertainty, bone surface); with --batch: any value writes "
+                                          "{id}_report.html."),
 ):
     """Reconstruct a CT volume (HU) from a PA and a lateral X-ray."""
     from xray2ct.engine import reconstruct as R
@@ -152,7 +158,7 @@ def reconstruct(
     if batch is not None:
         report = R.reconstruct_batch(batch, out, checkpoint=checkpoint, device=device, upscale=upscale, fmt=format_,
                                      overwrite=overwrite, uncertainty=uncertainty is not None,
-                                     preview=preview is not None, progress=True)
+                                     preview=preview is not None, progress=True, report=report is not None)
         console.print(f"written {len(report.done)}, skipped (exist; --overwrite to redo) {len(report.skipped)}, "
                       f"failed {len(report.failed)} -> {out}")
         if report.failed:
@@ -166,8 +172,8 @@ def reconstruct(
     if missing:
         raise typer.BadParameter(f"{' and '.join(missing)} required (or --batch DIR)", param_hint=missing[0])
     path = R.reconstruct(pa, lat, out, checkpoint=checkpoint, uncertainty=uncertainty, preview=preview, device=device,
-                         upscale=upscale, fmt=format_, overwrite=overwrite)
-    extras = [str(p) for p in (uncertainty, preview) if p is not None]
+                         upscale=upscale, fmt=format_, overwrite=overwrite, report=report)
+    extras = [str(p) for p in (uncertainty, preview, report) if p is not None]
     console.print(f"[green]wrote[/green] {path}" + (f" (+ {', '.join(extras)})" if extras else ""))
 
 
@@ -187,35 +193,61 @@ def info(config: Path = typer.Option(..., help="JSON config file.")):
 
 @app.command()
 def benchmark(
-    suite: str = typer.Option("all", help="projector | data | components | model | all"),
+    suite: str = typer.Option("all", help="projector | data | components | model | quality | all"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
-    out: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update (its section per suite)."),
+    out: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update (its section per "
+                                       "suite); figures go to images/ beside it."),
     quick: bool = typer.Option(False, help="Tiny sizes and few repeats (a smoke run)."),
+    data: Optional[Path] = typer.Option(None, help="quality: dataset folder with splits.json (e.g. from `xray2ct "
+                                        "phantoms`); `--suite all` skips quality without it."),
+    budget: float = typer.Option(150.0, min=0.001, help="quality: training wall time per variant, seconds."),
+    variants: Optional[str] = typer.Option(None, help="quality: comma-separated variants (default all): optimized, "
+                                           "baseline, no_cnn_branch, no_learnable_priors, mhsa, standard_layout, "
+                                           "no_multiscale, no_conditioning, no_projection_loss."),
+    config: Path = typer.Option(Path("configs/cpu-small.json"), help="quality: the optimized config the variants "
+                                "derive from."),
+    runs: Path = typer.Option(Path("runs/quality"), help="quality: folder for the variants' runs (each replaced)."),
 ):
-    """Time the suites and write their tables into docs/BENCHMARKS.md."""
-    from xray2ct.benchmark import SUITES, components_suite, data_suite, model_suite, projector_suite, write_section
+    """Time the suites and write their tables (and figures) into docs/BENCHMARKS.md."""
+    from xray2ct.benchmark import SUITES, run_suite, write_section
 
     names = list(SUITES) if suite == "all" else [suite]
     for name in names:
         if name not in SUITES:
             raise typer.BadParameter(f"unknown suite {name!r}; valid: {', '.join(SUITES)}, all", param_hint="--suite")
+    if "quality" in names and data is None:
+        if suite == "quality":
+            raise typer.BadParameter("the quality suite trains on a dataset: give --data FOLDER", param_hint="--data")
+        names.remove("quality")
+        console.print("[yellow]skipping suite quality[/yellow]: it trains every variant on a dataset; give --data")
     command = "xray2ct " + " ".join(sys.argv[1:])
+    images = out.parent / "images" if out is not None else None
     for name in names:
         console.print(f"running suite [bold]{name}[/bold] on {device} …")
-        if name == "projector":
-            body = projector_suite(device, sizes=(16, 32) if quick else (64, 128, 256), det=32 if quick else 256, quick=quick)
-        elif name == "data":
-            body = data_suite(size=16 if quick else 64, n=2 if quick else 5)
-        elif name == "components":
-            body = components_suite(device, grids=(4,) if quick else (8, 16), dim=32 if quick else 256,
-                                    heads=2 if quick else 8, repeats=2 if quick else 5)
-        else:
-            body = model_suite(device, sizes=(16,) if quick else (32, 64), repeats=1 if quick else 3, memory=not quick)
-        Console().print(body)
+        options = dict(data_dir=data, budget_s=budget, variants=variants, config=config, runs_dir=runs)
+        result = run_suite(name, device, quick=quick, images_dir=images, **(options if name == "quality" else {}))
+        Console().print(result.markdown)
         if out is not None:
-            write_section(out, name, body, command, device)
+            write_section(out, name, result, command, device)
     if out is not None:
         console.print(f"tables written to {out}")
+
+
+@app.command()
+def serve(
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint or run folder; default: bundled weights."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every interface; no login!)."),
+    port: int = typer.Option(7860, min=1, max=65535, help="TCP port."),
+    device: str = typer.Option("cpu", help="auto | cpu | cuda"),
+):
+    """Start the web app: upload a PA and a lateral X-ray, explore the CT in the browser."""
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry from a medical-image tool
+    from xray2ct.webapp import serve as run_server
+
+    console.print(f"xray2ct web app on http://{host}:{port} (Ctrl+C stops it)")
+    run_server(checkpoint, host=host, port=port, device=device)
 
 
 @app.command()

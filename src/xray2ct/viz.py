@@ -80,3 +80,33 @@ def plot_learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike,
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+# Display windows (centre, width) in HU, the usual radiology presets.
+WINDOWS = {"lung": (-600.0, 1500.0), "soft tissue": (40.0, 400.0), "bone": (400.0, 1800.0)}
+
+
+def apply_window(hu: np.ndarray, window: str | tuple[float, float]) -> np.ndarray:
+    """HU image -> grey in [0, 1] through a named preset or a (centre, width) window."""
+    if isinstance(window, str):
+        if window not in WINDOWS:
+            raise ValueError(f"unknown window {window!r}; valid: {', '.join(WINDOWS)}")
+        window = WINDOWS[window]
+    centre, width = window
+    return np.clip((np.asarray(hu, dtype=np.float32) - (centre - width / 2)) / width, 0.0, 1.0)
+
+
+def slice_rgb(hu: np.ndarray, plane: str, index: int | None = None, window: str | tuple = "soft tissue",
+              std_hu: np.ndarray | None = None, overlay_alpha: float = 0.5, std_max: float | None = None) -> np.ndarray:
+    """One plane of a (D, H, W) HU volume as an RGB uint8 image (oriented as `plane_slice`),
+    optionally with the uncertainty (std, HU) blended over it in a heat colour map."""
+    grey = apply_window(plane_slice(hu, plane, index), window)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    if std_hu is not None:
+        from matplotlib import colormaps
+
+        std = plane_slice(std_hu, plane, index)
+        top = std_max if std_max else float(np.percentile(std_hu, 99)) or 1.0
+        heat = colormaps["inferno"](np.clip(std / top, 0, 1))[..., :3]
+        rgb = (1 - overlay_alpha) * rgb + overlay_alpha * heat
+    return (rgb * 255 + 0.5).astype(np.uint8)

@@ -51,6 +51,8 @@ class EvalResult:
     summary: dict = field(default_factory=dict)  # summary.json's content
     montages: list[Path] = field(default_factory=list)
 
+REPORT_MONTAGES = 6  # montages embedded in the HTML report (each ~100 KB)
+
 
 def summarize(values, confidence: float = 0.95) -> dict:
     """mean, sample std, t-distribution CI of the mean and n (std/CI are None for n < 2)."""
@@ -128,8 +130,22 @@ def _write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
 
 
+def _write_report(path: Path, result: EvalResult, hu: np.ndarray, spacing) -> Path:
+    from xray2ct.report import evaluation_report
+    from xray2ct.surface import NoSurfaceError, bone_surface
+
+    try:
+        mesh = bone_surface(hu, spacing)
+    except NoSurfaceError:
+        mesh = None
+    first = result.per_case[0]["id"]
+    return evaluation_report(path, result.summary, result.per_case, montages=result.montages[:REPORT_MONTAGES],
+                             hu=hu, spacing=spacing, mesh=mesh,
+                             title=f"xray2ct evaluation ({result.summary['split'] or 'all'} split; viewer: {first})")
+
+
 def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device: str = "auto", batch_size: int = 2,
-             montages: int | None = None, progress: bool = True) -> EvalResult:
+             montages: int | None = None, progress: bool = True, report: bool = False) -> EvalResult:
     """Evaluate a checkpoint on a dataset split; write per_case.csv, summary.json and montages.
 
     Args:
@@ -138,6 +154,8 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
         split: "train" / "val" / "test" (splits.json or the automatic split); None: every case.
         out: output folder; None: `{checkpoint folder}/eval_{split}`.
         montages: write montages for the first this-many cases; None: for all, 0: none.
+        report: also write `out/report.html`, self-contained: summary, every case, the first
+            montages, and the first case's predicted volume with its bone surface.
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -157,12 +175,15 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
     n_montages = len(ds) if montages is None else max(0, int(montages))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     result = EvalResult(out=out)
+    first_hu = None  # the first case's prediction, for the report's viewer
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
         xrays = torch.cat([batch["pa"], batch["lat"]], dim=1)  # (B, 2, S, S), as in training
         target = batch["ct"].float()
         pred, log_var = predict(model, xrays, dev)
         drr = prediction_drr(pred, cfg, xrays.shape[-1])
         values = {**all_metrics(pred, target), **projection_errors(pred, target, xrays, cfg, drr)}
+        if first_hu is None:
+            first_hu = unit_to_hu(pred[0, 0]).numpy()
         for i, case_id in enumerate(batch["id"]):
             result.per_case.append({"id": case_id, **{k: float(values[k][i]) for k in METRICS}})
             if len(result.montages) < n_montages:
@@ -180,5 +201,7 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
         },
     }
     _write_outputs(out, result.per_case, result.summary)
+    if report and first_hu is not None:
+        _write_report(out / "report.html", result, first_hu, (cfg.geometry.fov_mm / cfg.model.volume_size,) * 3)
     log.info("evaluated %d case(s); results in %s", len(result.per_case), out)
     return result

@@ -254,6 +254,25 @@ def save_preview(path: Path, hu: np.ndarray, std_hu: np.ndarray | None = None, t
     return path
 
 
+def save_report(path: Path, hu: np.ndarray, std_hu: np.ndarray | None, spacing, xrays: torch.Tensor,
+                title: str | None = None, metrics: dict | None = None) -> Path:
+    """Self-contained HTML report: inputs, interactive slices, uncertainty, bone surface."""
+    from xray2ct.report import reconstruction_report
+    from xray2ct.surface import NoSurfaceError, bone_surface
+
+    try:
+        mesh = bone_surface(hu, spacing)
+    except NoSurfaceError as e:
+        log.info("report without a bone surface: %s", e)
+        mesh = None
+    with _writing(path):
+        return reconstruction_report(path, hu, spacing, {"PA": xrays[0, 0].numpy(), "lateral": xrays[0, 1].numpy()},
+                                     std_hu=std_hu, metrics=metrics, mesh=mesh,
+                                     title=f"xray2ct reconstruction: {title}" if title else "xray2ct reconstruction",
+                                     details={"volume": f"{'×'.join(map(str, hu.shape))} voxels, "
+                                              f"{' × '.join(f'{s:.2f}' for s in spacing)} mm"})
+
+
 # --- one reconstruction ------------------------------------------------------------------
 def _upscale(vol: torch.Tensor, upscale) -> torch.Tensor:
     """(1, 1, N, N, N) -> (1, 1, D, H, W), trilinear."""
@@ -290,9 +309,10 @@ class _Job:
     uncertainty: Path | None
     preview: Path | None
     upscale: tuple | None
+    report: Path | None = None
 
     @classmethod
-    def check(cls, out, fmt, uncertainty, preview, upscale, overwrite) -> "_Job":
+    def check(cls, out, fmt, uncertainty, preview, upscale, overwrite, report=None) -> "_Job":
         out = Path(out)
         _check_output(out, fmt, overwrite)
         unc = None if uncertainty is None else Path(uncertainty)
@@ -304,10 +324,16 @@ class _Job:
                 raise ReconstructionError(f"{prev}: the preview is a PNG image; give it a .png name")
             if prev.exists() and not overwrite:
                 raise OutputExistsError(f"{prev}: already exists; pass --overwrite to replace it")
-        paths = [p.resolve() for p in (out, unc, prev) if p is not None]
+        rep = None if report is None else Path(report)
+        if rep is not None:
+            if not rep.name.lower().endswith((".html", ".htm")):
+                raise ReconstructionError(f"{rep}: the report is an HTML page; give it a .html name")
+            if rep.exists() and not overwrite:
+                raise OutputExistsError(f"{rep}: already exists; pass --overwrite to replace it")
+        paths = [p.resolve() for p in (out, unc, prev, rep) if p is not None]
         if len(set(paths)) != len(paths):
             raise ReconstructionError(f"output paths must differ: {', '.join(map(str, paths))}")
-        return cls(out, fmt, unc, prev, _check_upscale(upscale))
+        return cls(out, fmt, unc, prev, _check_upscale(upscale), rep)
 
     def run(self, model, cfg, dev, xrays: torch.Tensor, title: str | None = None) -> Path:
         volume, log_var = predict(model, xrays, dev)
@@ -315,7 +341,7 @@ class _Job:
         hu = unit_to_hu(volume)[0, 0].numpy()
         spacing = tuple(cfg.geometry.fov_mm / n for n in hu.shape)
         std = None
-        if log_var is not None and (self.uncertainty or self.preview):
+        if log_var is not None and (self.uncertainty or self.preview or self.report):
             std = uncertainty_hu(_upscale(log_var, self.upscale))[0, 0].numpy()
         elif self.uncertainty is not None:
             raise ReconstructionError(f"{self.uncertainty}: this model predicts no uncertainty (no log_var output)")
@@ -324,11 +350,14 @@ class _Job:
             save_volume(self.uncertainty, std, spacing, _format_of(self.uncertainty, "uncertainty"), dtype="float32")
         if self.preview is not None:
             save_preview(self.preview, hu, std, title=title)
+        if self.report is not None:
+            save_report(self.report, hu, std, spacing, xrays, title=title)
         return save_volume(self.out, hu, spacing, self.fmt)
 
 
 def reconstruct(pa, lat, out, checkpoint=None, uncertainty=None, preview=None, device: str = "auto",
-                upscale: tuple[int, int, int] | None = None, fmt: str = "nifti", overwrite: bool = False) -> Path:
+                upscale: tuple[int, int, int] | None = None, fmt: str = "nifti", overwrite: bool = False,
+                report=None) -> Path:
     """Reconstruct one CT from a PA and a lateral radiograph; returns the written volume's path.
 
     Args:
@@ -341,8 +370,9 @@ def reconstruct(pa, lat, out, checkpoint=None, uncertainty=None, preview=None, d
         upscale: (D, H, W) to resample the output to (trilinear); spacing = fov_mm / size.
         fmt: "nifti" | "npy" | "dicom".
         overwrite: replace existing outputs instead of refusing.
+        report: optional .html path for a self-contained report (slices, uncertainty, bone surface).
     """
-    job = _Job.check(out, fmt, uncertainty, preview, upscale, overwrite)
+    job = _Job.check(out, fmt, uncertainty, preview, upscale, overwrite, report)
     model, cfg, dev = load_for_inference(checkpoint, device)
     xrays = load_pair(pa, lat, cfg.model.xray_img_size)
     path = job.run(model, cfg, dev, xrays, title=f"{Path(pa).name} + {Path(lat).name}")
@@ -390,10 +420,10 @@ def find_pairs(folder: str | os.PathLike) -> tuple[dict[str, tuple[Path, Path]],
 
 def reconstruct_batch(folder, out_dir, checkpoint=None, device: str = "auto", upscale=None, fmt: str = "nifti",
                       overwrite: bool = False, uncertainty: bool = False, preview: bool = False,
-                      progress: bool = True) -> BatchReport:
+                      progress: bool = True, report: bool = False) -> BatchReport:
     """Reconstruct every pair in `folder` into out_dir/{id}.nii.gz (.npy, or {id}/ for DICOM).
 
-    Optional out_dir/{id}_uncertainty.nii.gz and out_dir/{id}_preview.png. A pair that
+    Optional out_dir/{id}_uncertainty.nii.gz, {id}_preview.png and {id}_report.html. A pair that
     fails is reported and the rest go on; existing outputs are skipped unless overwrite.
     """
     from tqdm.auto import tqdm
@@ -417,7 +447,8 @@ def reconstruct_batch(folder, out_dir, checkpoint=None, device: str = "auto", up
             continue
         try:
             job = _Job.check(out, fmt, out_dir / f"{cid}_uncertainty.nii.gz" if uncertainty else None,
-                             out_dir / f"{cid}_preview.png" if preview else None, upscale, overwrite=True)
+                             out_dir / f"{cid}_preview.png" if preview else None, upscale, overwrite=True,
+                             report=out_dir / f"{cid}_report.html" if report else None)
             xrays = load_pair(pa, lat, cfg.model.xray_img_size)
             report.done.append((cid, job.run(model, cfg, dev, xrays, title=cid)))
         except UserError as e:
