@@ -1,5 +1,6 @@
 """Benchmark suites behind `xray2ct benchmark`: timing with warm-up and repeats, results as
-markdown tables written into their own section of docs/BENCHMARKS.md.
+markdown tables (and figures in images/ beside it) written into their own section of
+docs/BENCHMARKS.md. Each suite returns a SuiteResult: the markdown plus the numbers behind it.
 
 Only torch/numpy at import time so the suites run on a GPU machine without MONAI/nibabel.
 """
@@ -10,7 +11,7 @@ import platform
 import re
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +28,16 @@ class Timing:
 
     def __str__(self) -> str:
         return f"{self.median_ms:.1f} ± {self.iqr_ms / 2:.1f}"
+
+
+@dataclass
+class SuiteResult:
+    markdown: str  # the section body: tables, figure links
+    data: dict = field(default_factory=dict)  # the numbers behind the tables
+    images: list[Path] = field(default_factory=list)  # figures written
+
+    def __str__(self) -> str:
+        return self.markdown
 
 
 def _timing(times_ms: list[float]) -> Timing:
@@ -71,11 +82,11 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 # --- suites ---------------------------------------------------------------------
-def projector_suite(device: str = "cpu", sizes=(64, 128, 256), det: int = 256, quick: bool = False) -> str:
+def projector_suite(device: str = "cpu", sizes=(64, 128, 256), det: int = 256, quick: bool = False) -> SuiteResult:
     """Both views of an N³ volume onto det² detectors, forward and forward+backward."""
     from xray2ct import Geometry, project
 
-    rows = []
+    rows, data = [], {}
     for n in sizes:
         g = Geometry(volume_shape=(n, n, n), voxel_mm=320.0 / n, det_shape=(det, det))
         mu = (torch.rand(1, 1, n, n, n, device=device) * 0.02).requires_grad_(True)
@@ -84,17 +95,18 @@ def projector_suite(device: str = "cpu", sizes=(64, 128, 256), det: int = 256, q
             fwd = time_fn(lambda: project(mu, g), device, warmup=1, repeats=reps)
         both = time_fn(lambda: project(mu, g).sum().backward(), device, warmup=1, repeats=reps)
         rows.append([f"{n}³ → 2×{det}²", str(fwd), str(both)])
-    return ("Cone-beam DRRs of both views (PA + lateral) with `xray2ct.project`, float32, batch 1:\n\n"
-            + table(["volume → detectors", "forward ms", "forward+backward ms"], rows))
+        data[n] = {"forward": fwd, "forward_backward": both}
+    return SuiteResult("Cone-beam DRRs of both views (PA + lateral) with `xray2ct.project`, float32, batch 1:\n\n"
+                       + table(["volume → detectors", "forward ms", "forward+backward ms"], rows), data)
 
 
-def data_suite(size: int = 64, n: int = 5) -> str:
+def data_suite(size: int = 64, n: int = 5) -> SuiteResult:
     """Phantom generation speed (one process)."""
     from xray2ct.data.phantoms import chest_phantom
 
     t = time_fn(lambda: chest_phantom(size=size, seed=1), warmup=1, repeats=n)
-    return table(["phantom size", "ms per phantom", "phantoms / s"],
-                 [[f"{size}³", str(t), f"{1e3 / t.median_ms:.1f}"]])
+    return SuiteResult(table(["phantom size", "ms per phantom", "phantoms / s"],
+                             [[f"{size}³", str(t), f"{1e3 / t.median_ms:.1f}"]]), {size: t})
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], device: str, repeats: int) -> dict[str, Timing]:
@@ -121,15 +133,20 @@ def _fwd_bwd(module, x):
     return run
 
 
-def components_suite(device: str = "cpu", grids=(8, 16), dim: int = 256, heads: int = 8, repeats: int = 5) -> str:
-    """Attention variants (fwd+bwd) and sandwich vs standard layout (activation memory)."""
+def components_suite(device: str = "cpu", grids=(8, 16), dim: int = 256, heads: int = 8, repeats: int = 5,
+                     images_dir: str | os.PathLike | None = None) -> SuiteResult:
+    """Attention variants (fwd+bwd) and sandwich vs standard layout (activation memory).
+
+    images_dir: folder beside the markdown file for the speed-vs-tokens plot (None: no plot).
+    data: {"attention": {variant: {tokens: Timing}}, "activation_bytes": {layout: bytes}}.
+    """
     from xray2ct.models.attention import build_attention
     from xray2ct.models.blocks import TransformerStack
     from xray2ct.models.summary import saved_activation_bytes
 
     variants = {"MHSA": dict(kind="mhsa"), "CGA (faithful)": dict(kind="cga"),
                 "CGA + multi-scale K/V": dict(kind="cga", multiscale=True)}
-    rows = []
+    rows, attn_times = [], {name: {} for name in variants}
     for g in grids:
         x = torch.randn(1, g**3, dim, device=device)
         mods = {}
@@ -138,6 +155,7 @@ def components_suite(device: str = "cpu", grids=(8, 16), dim: int = 256, heads: 
             mods[name] = build_attention(dim=dim, num_heads=heads, grid=(g, g, g), key_dim=16, kv_pool=2, **kw).to(device)
         t = _interleaved({k: _fwd_bwd(m, x) for k, m in mods.items()}, device, repeats)
         for name, m in mods.items():
+            attn_times[name][g**3] = t[name]
             params = sum(p.numel() for p in m.parameters())
             rows.append([f"{g**3} ({g}³)", name, f"{params:,}", str(t[name]),
                          f"{t['MHSA'].median_ms / t[name].median_ms:.2f}×"])
@@ -156,8 +174,19 @@ def components_suite(device: str = "cpu", grids=(8, 16), dim: int = 256, heads: 
     rows[-1].append(f"{mem['sandwich'] / mem['standard']:.2f}×")
     rows[0].append("1.00×")
     layout = table(["layout (2 attn + 4 FFN, equal depth)", "blocks", "activations saved, MiB", "vs standard"], rows)
-    return (f"Attention, width {dim}, {heads} heads, batch 1, median ± IQR/2 of {repeats} interleaved runs:\n\n"
-            f"{attn}\n\nTransformer stack at {g**3} tokens (CGA + multi-scale in both):\n\n{layout}")
+    result = SuiteResult(
+        f"Attention, width {dim}, {heads} heads, batch 1, median ± IQR/2 of {repeats} interleaved runs:\n\n"
+        f"{attn}\n\nTransformer stack at {g**3} tokens (CGA + multi-scale in both):\n\n{layout}",
+        {"attention": attn_times, "activation_bytes": mem})
+    if images_dir is not None:
+        from xray2ct.benchmark_plots import plot_attention_speed
+
+        png = Path(images_dir) / f"attention-speed-{device.replace(':', '')}.png"
+        plot_attention_speed({k: {n: t.median_ms for n, t in v.items()} for k, v in attn_times.items()}, png,
+                             title=f"attention fwd+bwd, width {dim}, {heads} heads, {device}")
+        result.images.append(png)
+        result.markdown += f"\n\n![attention fwd+bwd time vs tokens]({Path(images_dir).name}/{png.name})"
+    return result
 
 
 def _peak_train_memory(config_path: str, overrides: dict, batch: int, device: str) -> float:
@@ -183,12 +212,12 @@ else:
     return float(r.stdout.strip().splitlines()[-1])
 
 
-def model_suite(device: str = "cpu", sizes=(32, 64), repeats: int = 3, memory: bool = True) -> str:
+def model_suite(device: str = "cpu", sizes=(32, 64), repeats: int = 3, memory: bool = True) -> SuiteResult:
     """Optimized vs baseline config at each volume size: params, train step, inference, peak memory."""
     from xray2ct.config import load_config
     from xray2ct.models import build_model
 
-    rows = []
+    rows, data = [], {}
     for n in sizes:
         over = {"model.volume_size": n, "model.xray_img_size": 512 if n >= 64 else (256 if n >= 32 else 64)}
         models, x = {}, None
@@ -213,26 +242,94 @@ def model_suite(device: str = "cpu", sizes=(32, 64), repeats: int = 3, memory: b
         for k in models:
             rows.append([f"{n}³ / {over['model.xray_img_size']}²", k, f"{params[k] / 1e6:.2f} M", str(train[k]),
                          str(inf[k]), f"{peak[k]:.2f}"])
+        data[n] = {k: {"params": params[k], "train": train[k], "inference": inf[k], "peak_gib": peak[k]}
+                   for k in models}
         b, o = "baseline", "optimized"
         rows.append([f"{n}³", "**optimized / baseline**", f"{params[o] / params[b]:.2f}×",
                      f"{train[b].median_ms / train[o].median_ms:.2f}× faster",
                      f"{inf[b].median_ms / inf[o].median_ms:.2f}× faster", f"{peak[o] / peak[b]:.2f}×"])
         del models
     mem = "CUDA max allocated" if device.startswith("cuda") else "process peak RSS"
-    return table(["volume / X-rays", "model", "params", "train step ms (batch 1)", "inference ms (batch 1)",
-                  f"peak GiB, train step batch 2 ({mem})"], rows)
+    return SuiteResult(table(["volume / X-rays", "model", "params", "train step ms (batch 1)", "inference ms (batch 1)",
+                             f"peak GiB, train step batch 2 ({mem})"], rows), data)
 
 
-SUITES = {"projector": projector_suite, "data": data_suite, "components": components_suite, "model": model_suite}
+def quality_suite(data_dir: str | os.PathLike, device: str = "cpu", *,
+                  config: str | os.PathLike = "configs/cpu-small.json", overrides: dict | None = None,
+                  budget_s: float = 150.0, variants: str | list[str] | None = None,
+                  runs_dir: str | os.PathLike = "runs/quality", repeats: int = 5,
+                  images_dir: str | os.PathLike | None = None) -> SuiteResult:
+    """Optimized vs baseline vs one-optimization-off ablations at equal training wall time
+    (`xray2ct.quality.run_quality`), evaluated on the test split; optional trade-off plot.
+
+    data: {"variants": [VariantResult, ...]}.
+    """
+    from xray2ct.config import load_config
+    from xray2ct.quality import quality_table, run_quality
+
+    batch = load_config(config, overrides=overrides).training.batch_size
+    results = run_quality(data_dir, config=config, overrides=overrides, budget_s=budget_s, variants=variants,
+                          runs_dir=runs_dir, device=device, repeats=repeats)
+    n_test = results[0].metrics["psnr"]["n"]
+    markdown = (
+        f"Each variant trains `{config}`{' with overrides' if overrides else ''} with the named optimization off "
+        f"(the baseline: every switch in which configs/baseline.json differs from configs/optimized.json, FFN "
+        f"ratio 4 included) on `{data_dir}` for the same wall time, {budget_s:g} s of train steps: its step "
+        f"time is measured first (batch {batch}, median ± IQR/2 of {repeats} steps, all variants "
+        f"round-robin on one real batch), then it trains max_steps = budget / step time steps with the "
+        f"warmup + cosine LR schedule ending at that step. Scores on the {n_test} test cases: mean ± 95% CI "
+        f"(t-distribution); one training seed per variant. *train s* is the whole run (data loading, "
+        f"checkpoints) and *steps* the optimizer steps taken.\n\n{quality_table(results)}")
+    result = SuiteResult(markdown, {"variants": results})
+    if images_dir is not None:
+        from xray2ct.benchmark_plots import plot_quality_tradeoff
+
+        png = Path(images_dir) / f"quality-tradeoff-{device.replace(':', '')}.png"
+        plot_quality_tradeoff([{"name": r.name, "step_ms": r.step.median_ms, "psnr": r.metrics["psnr"]["mean"],
+                                "ci95": r.metrics["psnr"]["ci95"]} for r in results], png,
+                              title=f"test PSNR vs train-step time at {budget_s:g} s per variant ({device})")
+        result.images.append(png)
+        result.markdown += f"\n\n![test PSNR vs train-step time per variant]({Path(images_dir).name}/{png.name})"
+    return result
 
 
-def write_section(path: str | os.PathLike, suite: str, body: str, command: str, device: str) -> None:
+SUITES = {"projector": projector_suite, "data": data_suite, "components": components_suite, "model": model_suite,
+          "quality": quality_suite}
+
+
+def run_suite(name: str, device: str = "cpu", quick: bool = False, images_dir: str | os.PathLike | None = None,
+              **quality_options) -> SuiteResult:
+    """One suite at its default sizes, or tiny ones with quick=True (a smoke run).
+
+    quality_options: quality_suite's keyword arguments (data_dir is required for "quality").
+    """
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; valid: {', '.join(SUITES)}")
+    if name == "projector":
+        return projector_suite(device, sizes=(16, 32) if quick else (64, 128, 256), det=32 if quick else 256,
+                               quick=quick)
+    if name == "data":
+        return data_suite(size=16 if quick else 64, n=2 if quick else 5)
+    if name == "components":
+        return components_suite(device, grids=(2, 4) if quick else (8, 16), dim=32 if quick else 256,
+                                heads=2 if quick else 8, repeats=2 if quick else 5, images_dir=images_dir)
+    if name == "model":
+        return model_suite(device, sizes=(16,) if quick else (32, 64), repeats=1 if quick else 3, memory=not quick)
+    if quick:
+        from xray2ct.quality import QUICK_OVERRIDES
+
+        quality_options = {"repeats": 2, **quality_options,
+                           "overrides": {**QUICK_OVERRIDES, **(quality_options.get("overrides") or {})}}
+    return quality_suite(device=device, images_dir=images_dir, **quality_options)
+
+
+def write_section(path: str | os.PathLike, suite: str, body: str | SuiteResult, command: str, device: str) -> None:
     """Replace (or append) the suite's section in a markdown file, atomically."""
     path = Path(path)
     text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery table names the command and machine that produced it.\n"
     start, end = f"<!-- suite:{suite}:{device} -->", f"<!-- /suite:{suite}:{device} -->"
     section = (f"{start}\n## {suite} ({device})\n\nCommand: `{command}`  \nMachine: {machine_line(device)}\n\n"
-               f"{body}\n{end}")
+               f"{str(body)}\n{end}")
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     with atomic_path(path) as tmp:

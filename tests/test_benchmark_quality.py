@@ -1,0 +1,141 @@
+"""Benchmark suites at tiny sizes (every suite, through the CLI) and the quality suite's
+equal-wall-time machinery: variants, schedule sized in steps, table and figures."""
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from xray2ct.cli import app
+from xray2ct.config import load_config
+from xray2ct.data.prepare import make_phantom_dataset
+from xray2ct.quality import BASELINE, VARIANTS, QualityBenchmarkError, parse_variants, run_quality, sized_schedule
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantoms")
+    make_phantom_dataset(root, n=20, size=16, seed=5, xray_size=32, progress=False)  # splits 16 / 2 / 2
+    return root
+
+
+def _section(text: str, suite: str) -> str:
+    m = re.search(f"<!-- suite:{suite}:cpu -->(.*?)<!-- /suite:{suite}:cpu -->", text, re.S)
+    assert m, f"no {suite} section"
+    return m.group(1)
+
+
+def _first_number(cell: str) -> float:
+    return float(re.match(r"\s*([-+]?[\d.]+)", cell).group(1))
+
+
+def test_every_suite_writes_tables_and_figures(data, tmp_path):
+    md, runs = tmp_path / "docs" / "BENCHMARKS.md", tmp_path / "runs"
+    result = runner.invoke(app, ["benchmark", "--suite", "all", "--quick", "--out", str(md), "--data", str(data),
+                                 "--budget", "0.4", "--variants", "optimized,baseline", "--runs", str(runs)])
+    assert result.exit_code == 0, result.output
+    text = md.read_text()
+    for suite in ("projector", "data", "components", "model", "quality"):
+        _section(text, suite)
+
+    # figures exist, are PNGs, and the sections link them relative to the markdown file
+    for suite, png in (("components", "attention-speed-cpu.png"), ("quality", "quality-tradeoff-cpu.png")):
+        assert f"](images/{png})" in _section(text, suite)
+        with Image.open(md.parent / "images" / png) as im:
+            assert im.format == "PNG" and im.width > 200 and im.height > 200
+    assert not list((md.parent / "images").glob(".*"))  # no temp files left by the atomic writes
+
+    rows = [line.split("|")[1:-1] for line in _section(text, "quality").splitlines() if line.startswith("| `")]
+    assert [r[0].strip() for r in rows] == ["`optimized`", "`baseline`"]
+    cpu_small_lr = load_config(ROOT / "configs/cpu-small.json").training.learning_rate
+    for r in rows:
+        name = r[0].strip(" `")
+        step_ms, steps, train_s, psnr = (_first_number(r[i]) for i in (3, 4, 5, 6))
+        assert step_ms > 0 and train_s > 0 and math.isfinite(psnr) and 0 < psnr < 60
+        assert 0 <= _first_number(r[8])  # MAE HU
+        # the budget bought budget / step time steps, within rounding of the median shown
+        assert steps >= 1 and abs(steps - 0.4 / (step_ms / 1e3)) <= 1.5
+        # the LR schedule ended exactly at the last step: the cosine's floor (2 % of peak)
+        from xray2ct.checkpoint import load_training_state
+
+        state = load_training_state(runs / name / "last.safetensors")
+        assert state["step"] == steps
+        assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.02 * cpu_small_lr, rel=1e-6)
+        summary = json.loads((runs / name / "eval_test" / "summary.json").read_text())
+        assert summary["n_cases"] == 2 and summary["split"] == "test"
+        assert f"{summary['metrics']['psnr']['mean']:.2f}" in r[6]
+    # the baseline really is the baseline: plain attention, standard layout
+    cfg = load_config(runs / "baseline" / "config.json")
+    assert (cfg.model.attention, cfg.model.layout, cfg.model.use_cnn_branch) == ("mhsa", "standard", False)
+
+    # rerunning one suite replaces its section; figures of the other suites stay
+    result = runner.invoke(app, ["benchmark", "--suite", "data", "--quick", "--out", str(md)])
+    assert result.exit_code == 0, result.output
+    assert md.read_text().count("<!-- suite:data:cpu -->") == 1 and "quality-tradeoff-cpu.png" in md.read_text()
+
+
+def test_all_without_data_skips_quality_and_says_why(tmp_path, monkeypatch):
+    import xray2ct.benchmark as bench
+
+    ran = []
+    monkeypatch.setattr(bench, "run_suite", lambda name, *a, **k: ran.append(name) or bench.SuiteResult(name))
+    result = runner.invoke(app, ["benchmark", "--suite", "all", "--out", str(tmp_path / "B.md")])
+    assert result.exit_code == 0, result.output
+    assert ran == ["projector", "data", "components", "model"]
+    assert "skipping suite quality" in result.output and "--data" in result.output
+    result = runner.invoke(app, ["benchmark", "--suite", "quality", "--out", str(tmp_path / "B.md")])
+    assert result.exit_code != 0 and "--data" in result.output
+
+
+def test_baseline_is_the_reference_configs_difference():
+    opt, base = (json.loads((ROOT / f"configs/{n}.json").read_text()) for n in ("optimized", "baseline"))
+    diff = {f"{section}.{k}": v for section, values in base.items() if isinstance(values, dict)
+            for k, v in values.items() if not k.startswith("_") and opt[section].get(k) != v}
+    assert diff == BASELINE
+
+
+def test_each_ablation_turns_one_optimization_off():
+    cfg = load_config(ROOT / "configs/cpu-small.json")
+    for name, (_, over) in VARIANTS.items():
+        if name in ("optimized", "baseline"):
+            continue
+        changed = [k for k, v in over.items() if v != _get(cfg, k)]
+        assert changed, f"{name} changes nothing in cpu-small"
+        # mhsa takes CGA's multi-scale K/V with it; everything else is one switch
+        assert len(changed) == (2 if name == "mhsa" else 1), name
+
+
+def _get(cfg, dotted: str):
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def test_parse_variants():
+    assert parse_variants(None) == list(VARIANTS)
+    assert parse_variants("baseline, optimized,baseline") == ["baseline", "optimized"]
+    with pytest.raises(QualityBenchmarkError, match="'cga'.*valid: optimized, baseline"):
+        parse_variants("optimized,cga")
+    with pytest.raises(QualityBenchmarkError):
+        parse_variants(" , ")
+
+
+def test_schedule_covers_max_steps_with_proportionate_warmup():
+    cfg = load_config(ROOT / "configs/cpu-small.json")  # 20 epochs, 1 of warmup
+    sized, warmup = sized_schedule(cfg, max_steps=250, steps_per_epoch=100)
+    assert sized.training.num_epochs == 3 and warmup == round(250 / 20)
+    assert sized.logging.val_interval > sized.training.num_epochs  # no validation passes
+    sized, warmup = sized_schedule(cfg, max_steps=3, steps_per_epoch=100)
+    assert sized.training.num_epochs == 1 and warmup == 1
+
+
+def test_bad_inputs_name_the_problem(tmp_path, data):
+    with pytest.raises(QualityBenchmarkError, match="budget"):
+        run_quality(data, budget_s=0)
+    with pytest.raises(QualityBenchmarkError, match="splits.json"):
+        run_quality(tmp_path, budget_s=1)
