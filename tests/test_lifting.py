@@ -153,3 +153,37 @@ def test_bad_boundaries():
 def test_view_fusion_shape():
     fusion = ViewFusion(2, 4, 6)
     assert fusion(torch.randn(2, 2, 4, 3, 3, 3)).shape == (2, 6, 3, 3, 3)
+
+
+@pytest.mark.parametrize("grid, size", [(8, 8), (16, 32), (32, 32)])
+def test_separable_lifting_equals_grid_sample(geometry, grid, size):
+    """The matmul lifting is grid_sample's bilinear sampling, values and gradients."""
+    lifting = GeometryLifting(geometry, grid)
+    feats = torch.randn(2, 2, 3, size, size, dtype=torch.float64, requires_grad=True)
+    ours = lifting(feats)
+    V, G = 2, grid
+    coords = lifting._coords64.reshape(V, G, G * G, 2).repeat(2, 1, 1, 1)
+    ref = torch.nn.functional.grid_sample(feats.flatten(0, 1), coords, mode="bilinear", padding_mode="zeros",
+                                          align_corners=False).view(2, V, 3, G, G, G)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+    weights = torch.randn_like(ref)
+    g_ours, = torch.autograd.grad((ours * weights).sum(), feats)
+    g_ref, = torch.autograd.grad((ref * weights).sum(), feats)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_lifted_skip_is_a_conv_over_the_lifted_views(geometry):
+    """Projecting each view in 2D before lifting equals a 1x1x1 conv after it (lifting is linear)."""
+    from xray2ct.models.lifting import LiftedSkip
+
+    skip = LiftedSkip(geometry, 16, in_ch=4, out_ch=3).double().eval()
+    feats = torch.randn(2, 2, 4, 16, 16, dtype=torch.float64)
+    lifted = skip.lifting(feats)  # (B, V, 4, 16, 16, 16)
+    w = skip.project.weight.view(2, 3, 4)  # per view (out, in)
+    bn = skip.norm
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(2, 3)
+    shift = (bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(2, 3)
+    coverage = skip.lifting(torch.ones(1, 2, 1, 16, 16, dtype=torch.float64))[0, :, 0]  # (V, r, r, r)
+    expected = sum(torch.einsum("oc,bcxyz->boxyz", w[v] * scale[v, :, None], lifted[:, v])
+                   + shift[v, None, :, None, None, None] * coverage[v] for v in range(2))
+    torch.testing.assert_close(skip(feats), expected)

@@ -182,10 +182,11 @@ def test_reconstruction_loss_respects_weights(monkeypatch):
     t = phantom(16, batch=2)
     gen = torch.Generator().manual_seed(4)
     out = {"volume": t + 0.05 * torch.randn(t.shape, generator=gen), "log_var": torch.full_like(t, -3.0)}
-    weights = dict(l1_weight=1.0, ssim_weight=0.5, uncertainty_reg_weight=0.01, projection_weight=0.1)
+    weights = dict(l1_weight=1.0, mse_weight=3.0, ssim_weight=0.5, uncertainty_reg_weight=0.01, projection_weight=0.1)
     total, parts = ReconstructionLoss(LossConfig(**weights), geometry(16))(out, t)
-    expected = sum(w * parts[k] for k, w in zip(("l1", "ssim", "uncertainty", "projection"), weights.values()))
+    expected = sum(w * parts[k] for k, w in zip(("l1", "mse", "ssim", "uncertainty", "projection"), weights.values()))
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert parts["mse"].item() == pytest.approx(((out["volume"] - t) ** 2).mean().item(), rel=1e-6)
 
     # A zero weight leaves the term out: not reported, not even computed.
     def boom(*args, **kwargs):

@@ -176,3 +176,15 @@ def test_torch_compile_matches_eager():
     out = torch.compile(model)(x)
     (out["volume"].mean() + out["log_var"].mean()).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_lifted_skips_take_the_nearest_encoder_scale_and_learn():
+    torch.manual_seed(0)
+    cfg = _cfg("cpu-small", lifted_skips=True)
+    model = build_model(cfg)
+    # decoder stages at 16³ and 32³ take the encoder maps of side 16 (stride 8) and 32 (stride 4) of 128²
+    assert model.skip_sources == (2, 1) and "skips" in model.components()
+    s = cfg.model.xray_img_size
+    _loss(model(torch.rand(2, 2, s, s))).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead

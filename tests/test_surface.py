@@ -46,8 +46,16 @@ def test_obj_round_trip(tmp_path):
     mesh = Mesh(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32), np.array([[0, 1, 2]], np.int32))
     write_obj(tmp_path / "m.obj", mesh)
     lines = (tmp_path / "m.obj").read_text().splitlines()
-    assert [ln.split()[0] for ln in lines if not ln.startswith("#")] == ["v", "v", "v", "f"]
-    assert lines[-1] == "f 1 2 3"
+    assert [ln.split()[0] for ln in lines if not ln.startswith("#")] == ["v", "v", "v", "vn", "vn", "vn", "f"]
+    assert lines[-1] == "f 1//1 2//2 3//3"
+    np.testing.assert_allclose(mesh.vertex_normals(), [[0, 0, 1]] * 3)  # counter-clockwise in xy: +z
+
+
+def test_vertex_normals_point_out_of_a_sphere():
+    hu, spacing = _ball(centre=(15.5, 15.5, 15.5))
+    mesh = bone_surface(hu, spacing)
+    radial = mesh.vertices / np.linalg.norm(mesh.vertices, axis=1, keepdims=True)
+    assert np.einsum("ij,ij->i", mesh.vertex_normals(), radial).min() > 0.8
 
 
 def test_faces_wind_counter_clockwise_seen_from_outside():

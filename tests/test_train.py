@@ -171,6 +171,20 @@ def test_gradient_accumulation_counts_optimizer_steps(data, tmp_path):
     assert result.step == 2 and result.epoch == 1
 
 
+def test_schedule_steps_set_the_run_length_and_anneal_fully(data, tmp_path):
+    from xray2ct.checkpoint import load_training_state
+    from xray2ct.engine.train import train
+
+    cfg = load_config(ROOT / "configs/cpu-small.json", overrides={
+        **TINY, "logging.checkpoint_every_steps": 0, "training.num_epochs": 2, "training.warmup_epochs": 1})
+    result = train(cfg, tmp_path / "run", data_dir=data, device="cpu", progress=False, schedule_steps=7)
+    assert result.step == 7  # not num_epochs x 5 = 10
+    state = load_training_state(tmp_path / "run" / "last.safetensors")
+    peak = cfg.training.learning_rate
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.02 * peak, rel=1e-6)  # the cosine's floor
+    assert state["scheduler"]["last_epoch"] == 7
+
+
 def test_lr_schedule_warmup_then_cosine():
     from xray2ct.engine.train import lr_factor
 

@@ -23,7 +23,8 @@ CHROMIUM = os.environ.get("XRAY2CT_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("XRAY2CT_TEST_ARTIFACTS", "test-artifacts"))
 # as root, in a closed network: no sandbox, and no background calls home that the network refuses
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]
+                 "--disable-background-networking", "--disable-component-update",
+                 "--enable-unsafe-swiftshader"]  # software WebGL for the 3D surface viewer
 
 
 def _free_port() -> int:
@@ -107,6 +108,8 @@ def test_upload_reconstruct_view_and_download(server, page, tmp_path):
     expect(page.locator("#status")).to_contain_text("PSNR")
     for name in ("ct.nii", "uncertainty_std.nii", "bone_surface", "report"):
         expect(downloads).to_contain_text(name)
+    expect(page.locator("#surface canvas")).to_be_visible(timeout=20_000)  # the bone surface's 3D viewer
+    page.wait_for_timeout(1500)  # let the viewer draw the mesh before the screenshot
     page.screenshot(path=str(ARTIFACTS / "webapp.png"), full_page=True)
 
     hrefs = [a.get_attribute("href") for a in downloads.locator("a").all()]

@@ -61,6 +61,8 @@ class ModelConfig:
     decoder_channels: tuple[int, ...] = (128, 64)
     cnn_expand: int = 4  # MBConv expansion ratio
     drop_path: float = 0.0  # stochastic depth rate in the transformer stack
+    # geometry-aware skips: lift a finer encoder map of both views into every decoder stage
+    lifted_skips: bool = False
 
     def __post_init__(self):
         _lists_to_tuples(self)
@@ -88,6 +90,7 @@ class TrainingConfig:
 @dataclass(frozen=True)
 class LossConfig:
     l1_weight: float = 1.0  # L1 on normalized CT
+    mse_weight: float = 0.0  # squared error on normalized CT: what PSNR measures (L1 favours the median)
     ssim_weight: float = 0.5  # 1 - 3D SSIM
     uncertainty_reg_weight: float = 0.01  # Gaussian NLL calibrating log_var
     projection_weight: float = 0.1  # L1 between DRRs of prediction and target

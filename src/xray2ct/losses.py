@@ -132,7 +132,7 @@ class ReconstructionLoss(nn.Module):
     """Weighted sum of the terms above, weights from LossConfig.
 
     Args:
-        config: LossConfig (l1_weight, ssim_weight, uncertainty_reg_weight, projection_weight).
+        config: LossConfig (l1_weight, mse_weight, ssim_weight, uncertainty_reg_weight, projection_weight).
         geometry: the volume's Geometry for the projection term (a coarse detector keeps it
             cheap, e.g. `cfg.geometry.build(N, N)`); only needed when projection_weight > 0.
         mu_water: attenuation of water, 1/mm, for the projection term.
@@ -142,6 +142,7 @@ class ReconstructionLoss(nn.Module):
         super().__init__()
         self.weights = {
             "l1": config.l1_weight,
+            "mse": getattr(config, "mse_weight", 0.0),
             "ssim": config.ssim_weight,
             "uncertainty": config.uncertainty_reg_weight,
             "projection": config.projection_weight,
@@ -166,6 +167,7 @@ class ReconstructionLoss(nn.Module):
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
         terms = {
             "l1": lambda: l1_loss(pred, target),
+            "mse": lambda: F.mse_loss(pred.float(), target.float()),
             "ssim": lambda: ssim3d_loss(pred, target),
             "uncertainty": lambda: self.uncertainty(pred, target, self._get(out, "log_var"), self._prior_log_std(out)),
             "projection": lambda: projection_consistency_loss(pred, target, self.geometry, self.mu_water),

@@ -11,9 +11,7 @@ those steps. Every variant is evaluated on the same held-out test split.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from xray2ct.benchmark import Timing, _sync, _timing, table
+from xray2ct.benchmark import Timing, _interleaved, table
 from xray2ct.config import Config, load_config, override_config
 from xray2ct.errors import UserError
 
@@ -126,23 +124,7 @@ def measure_step_times(configs: dict[str, Config], data_dir: str | Path, device:
         steps[name] = _train_step(model, ReconstructionLoss.from_config(cfg).to(dev), make_optimizer(model, cfg),
                                   autocast_for(dev, cfg.optimization.use_mixed_precision)[0],
                                   cfg.training.grad_clip_max_norm, xrays, ct)
-    return _interleaved_turns(steps, device, repeats), params, n_train
-
-
-def _interleaved_turns(fns: dict, device: str, repeats: int) -> dict[str, Timing]:
-    """Round-robin like benchmark._interleaved, but each turn first runs one untimed step:
-    the other variants' turns may have evicted this model's oneDNN primitives and allocator
-    blocks, which a training run, stepping one model only, keeps warm."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            fn()
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: _timing(ts) for name, ts in times.items()}
+    return _interleaved(steps, device, repeats, rewarm=True), params, n_train
 
 
 def _train_step(model, loss_fn, optimizer, amp, clip: float, xrays, ct):
@@ -157,39 +139,9 @@ def _train_step(model, loss_fn, optimizer, amp, clip: float, xrays, ct):
     return run
 
 
-def sized_schedule(cfg: Config, max_steps: int, steps_per_epoch: int) -> tuple[Config, int]:
-    """cfg with enough epochs to reach max_steps, and the warmup steps that keep the
-    config's warmup fraction (warmup_epochs / num_epochs) -> (config, warmup steps)."""
-    t = cfg.training
-    warmup = max(1, round(max_steps * t.warmup_epochs / t.num_epochs))
-    epochs = math.ceil(max_steps / steps_per_epoch)
-    # no validation passes: every variant is scored on the test split afterwards
-    return override_config(cfg, {"training.num_epochs": epochs, "logging.val_interval": epochs + 1}), warmup
-
-
-@contextlib.contextmanager
-def _lr_schedule(total_steps: int, warmup_steps: int):
-    """Make train()'s warmup + cosine schedule end at total_steps exactly.
-
-    train() sizes its schedule in whole epochs; an epoch of a real split is hundreds of
-    steps, so a budget in steps would otherwise end anywhere on the cosine, different for
-    each variant. Drop this once train() takes the schedule length in steps.
-    """
-    from xray2ct.engine import train as train_module
-
-    original, calls = train_module.lr_factor, []
-
-    def factor(step, warmup, total, floor: float = 0.02):
-        calls.append(step)
-        return original(step, warmup_steps, total_steps, floor)
-
-    train_module.lr_factor = factor
-    try:
-        yield
-    finally:
-        train_module.lr_factor = original
-    if not calls:
-        raise RuntimeError("train() no longer calls engine.train.lr_factor; the quality schedule was not applied")
+def without_validation(cfg: Config) -> Config:
+    """No validation passes while training: every variant is scored on the test split afterwards."""
+    return override_config(cfg, {"logging.val_interval": 10**6})
 
 
 def run_quality(data_dir: str | Path, *, config: str | Path = "configs/cpu-small.json", overrides: dict | None = None,
@@ -217,21 +169,18 @@ def run_quality(data_dir: str | Path, *, config: str | Path = "configs/cpu-small
     names = parse_variants(variants)
     base = load_config(config, overrides=overrides)
     configs = variant_configs(base, names)
-    steps, params, n_train = measure_step_times(configs, data_dir, device, repeats)
-    t = base.training
-    steps_per_epoch = n_train // t.batch_size // t.grad_accum_steps  # as train() counts them
+    steps, params, _ = measure_step_times(configs, data_dir, device, repeats)
     results = []
     for name, cfg in configs.items():
         max_steps = max(1, round(budget_s / (steps[name].median_ms / 1e3)))
-        cfg, warmup = sized_schedule(cfg, max_steps, steps_per_epoch)
+        cfg = without_validation(cfg)
         run = runs_dir / name
         if run.exists():
             shutil.rmtree(run)
         log.info("quality: %s, %d steps (%.0f ms/step)", name, max_steps, steps[name].median_ms)
         t0 = time.perf_counter()
-        with _lr_schedule(max_steps, warmup):
-            trained = train(cfg, run, data_dir=data_dir, device=device, progress=False, max_steps=max_steps,
-                            argv=["xray2ct benchmark --suite quality", name])
+        trained = train(cfg, run, data_dir=data_dir, device=device, progress=False, schedule_steps=max_steps,
+                        argv=["xray2ct benchmark --suite quality", name])
         train_s = time.perf_counter() - t0
         if trained.step < max_steps:  # a stop signal or the machine; a shorter run would not compare
             raise QualityBenchmarkError(f"quality variant {name!r} stopped at step {trained.step} of {max_steps}: "

@@ -30,6 +30,16 @@ class Mesh:
     def num_faces(self) -> int:
         return len(self.faces)
 
+    def vertex_normals(self) -> np.ndarray:
+        """(V, 3) unit normals, outward: the area-weighted sum of the adjacent faces' normals
+        (viewers light a mesh by them; without them some, like Babylon.js, draw it black)."""
+        a, b, c = (self.vertices[self.faces[:, i]] for i in range(3))
+        face_normals = np.cross(b - a, c - a)  # length = 2 x area: larger faces weigh more
+        normals = np.zeros_like(self.vertices)
+        for i in range(3):
+            np.add.at(normals, self.faces[:, i], face_normals)
+        return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+
 
 def bone_surface(hu: np.ndarray, spacing_mm: tuple[float, float, float], level: float = BONE_HU,
                  upsample: int = 2) -> Mesh:
@@ -62,7 +72,9 @@ def bone_surface(hu: np.ndarray, spacing_mm: tuple[float, float, float], level: 
 def write_obj(path: str | os.PathLike, mesh: Mesh) -> None:
     """Wavefront OBJ (what Gradio's Model3D, Slicer and Blender read), written atomically."""
     lines = [f"v {x:.3f} {y:.3f} {z:.3f}" for x, y, z in mesh.vertices]
-    lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in mesh.faces]  # OBJ indices start at 1
+    lines += [f"vn {x:.4f} {y:.4f} {z:.4f}" for x, y, z in mesh.vertex_normals()]
+    # OBJ indices start at 1; vertex i has normal i
+    lines += [f"f {a + 1}//{a + 1} {b + 1}//{b + 1} {c + 1}//{c + 1}" for a, b, c in mesh.faces]
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.write("# xray2ct bone surface (mm; x right->left, y feet->head, z posterior->anterior)\n")

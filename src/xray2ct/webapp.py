@@ -212,7 +212,7 @@ def build_app(reconstructor: Reconstructor):
                     images.append(gr.Image(label=plane, type="numpy", interactive=False, elem_id=f"view-{plane}"))
                     sliders.append(gr.Slider(0, n - 1, value=n // 2, step=1, label=f"{plane} slice"))
         with gr.Row():
-            surface = gr.Model3D(label="Bone surface (250 HU)", elem_id="surface")
+            surface = gr.Model3D(label="Bone surface (250 HU)", elem_id="surface", clear_color=(0.92, 0.92, 0.94, 1.0))
             downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
 
         def reconstruct(pa_file, lat_file, window_name, show_std, progress=gr.Progress()):

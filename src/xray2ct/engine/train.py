@@ -211,11 +211,15 @@ def validate(model, loader, device, amp, info: D.DistInfo = D.DistInfo()) -> dic
 
 def train(cfg: Config, out: str | Path, data_dir: str | Path | None = None, resume: bool = False,
           device: str = "auto", progress: bool = True, max_steps: int | None = None,
-          time_budget_s: float | None = None, argv: list[str] | None = None) -> TrainResult:
+          time_budget_s: float | None = None, argv: list[str] | None = None,
+          schedule_steps: int | None = None) -> TrainResult:
     """Train cfg's model; write checkpoints, metrics.csv, TensorBoard logs and run info to `out`.
 
     max_steps: stop after this many optimizer steps in total (counting resumed ones).
     time_budget_s: stop (with a checkpoint) when this much wall time has passed.
+    schedule_steps: the run's length in optimizer steps instead of num_epochs × steps per
+        epoch; the warmup + cosine schedule ends there (warmup keeps its fraction
+        warmup_epochs / num_epochs), so a run of any length anneals fully.
     """
     from xray2ct.losses import ReconstructionLoss
     from xray2ct.models import build_model
@@ -225,12 +229,13 @@ def train(cfg: Config, out: str | Path, data_dir: str | Path | None = None, resu
     info = D.init_distributed(dev)
     try:
         return _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budget_s, argv or sys.argv,
-                      build_model, ReconstructionLoss)
+                      build_model, ReconstructionLoss, schedule_steps)
     finally:
         D.shutdown()
 
 
-def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budget_s, argv, build_model, Loss):
+def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budget_s, argv, build_model, Loss,
+           schedule_steps=None):
     tc = cfg.training
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -273,6 +278,8 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
         raise UserError(f"{data_dir}: too few training cases for batch_size × grad_accum_steps")
     total_steps = steps_per_epoch * tc.num_epochs
     warmup = max(1, tc.warmup_epochs * steps_per_epoch)
+    if schedule_steps:
+        total_steps, warmup = schedule_steps, max(1, round(schedule_steps * tc.warmup_epochs / tc.num_epochs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps))
     amp, scaler = autocast_for(dev, cfg.optimization.use_mixed_precision)
 

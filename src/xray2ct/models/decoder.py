@@ -3,6 +3,7 @@
 Each stage refines with a residual depthwise 3x3x3 conv and mixes channels with a
 1x1x1 conv at its input resolution, upsamples x2 trilinearly, then optionally applies
 the stage's adaptive modulation from the X-ray descriptors (hierarchical conditioning).
+A stage can also receive a geometry-aware skip (`lifting.LiftedSkip`), added after upsampling.
 All spatial convs run below the output resolution and the full-resolution part is
 pointwise (an MLP then the heads): PyTorch's CPU Conv3d backward at 64³ takes seconds
 even depthwise (measured), more than the whole transformer.
@@ -31,10 +32,15 @@ class UpStage(nn.Module):
         self.reduce = ConvBNAct3d(in_ch, out_ch, 1)
         self.modulation = AdaptiveModulation(cond_dim, out_ch) if cond_dim else None
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, C_in, r, r, r), cond (B, cond_dim) | None -> (B, C_out, 2r, 2r, 2r)."""
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor | None = None, skip: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, C_in, r, r, r), cond (B, cond_dim) | None, skip (B, C_out, 2r, 2r, 2r) | None
+        -> (B, C_out, 2r, 2r, 2r)."""
         x = self.reduce(x + self.refine(x))
         x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+        if skip is not None:
+            x = x + skip
         if self.modulation is not None and cond is not None:
             x = self.modulation(x, cond)
         return x
@@ -64,9 +70,18 @@ class VolumeDecoder(nn.Module):
     def upsample(self) -> int:
         return 2 ** len(self.stages)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, in_dim, G, G, G), cond (B, cond_dim) | None -> volume, log_var, each (B, 1, N, N, N)."""
-        for stage in self.stages:
-            x = stage(x, cond)
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        """Output width of each x2 stage (what a skip into that stage must have)."""
+        return tuple(stage.reduce[0].out_channels for stage in self.stages)
+
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor | None = None, skips: Sequence[torch.Tensor | None] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, in_dim, G, G, G), cond (B, cond_dim) | None, skips: per stage (B, C_s, 2^(s+1) G, ...)
+        or None, added after the stage's upsampling -> volume, log_var, each (B, 1, N, N, N)."""
+        skips = list(skips) + [None] * (len(self.stages) - len(skips))
+        for stage, skip in zip(self.stages, skips):
+            x = stage(x, cond, skip)
         x = x + self.mlp(x)
         return torch.sigmoid(self.volume_head(x)), self.log_var_head(x)

@@ -11,25 +11,50 @@ add a region embedding and weight features by a per-region confidence.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xray2ct.geometry import Geometry
+from xray2ct.geometry import Geometry, get_view
 from xray2ct.models.conditioning import init_near_zero_
 
 SAMPLE_MODES = ("bilinear", "nearest")
 
 
+def tent_weights(coord: torch.Tensor, size: int) -> torch.Tensor:
+    """grid_sample's 1D bilinear weights (align_corners=False, zero padding).
+
+    coord (...,) normalized in [-1, 1] -> (..., size): the weight of each input pixel; taps
+    that fall outside the image are dropped, exactly as grid_sample's zero padding does.
+    """
+    pix = ((coord + 1) * size - 1) / 2  # pixel units, pixel centres at integers
+    left = pix.floor()
+    frac = pix - left
+    weights = coord.new_zeros(*coord.shape, size)
+    for index, w in ((left, 1 - frac), (left + 1, frac)):
+        inside = (index >= 0) & (index <= size - 1)
+        weights.scatter_add_(-1, index.clamp(0, size - 1).long().unsqueeze(-1), (w * inside).unsqueeze(-1))
+    return weights
+
+
 class GeometryLifting(nn.Module):
     """Sample each view's feature map at the projections of the G³ cell centres.
+
+    The cone-beam map is separable per view: the detector row depends only on (d, depth)
+    and the column only on (col_axis, depth), so bilinear sampling factors into two small
+    interpolation matrices per depth slice and the lifting is two batched matmuls
+    (`Geometry.project_points` gives the coordinates, so the model and the DRR renderer
+    cannot disagree). It equals grid_sample to float rounding (tested) and, unlike
+    grid_sample, its backward is a matmul rather than a scatter: ~10x faster on a CPU at 32³.
+    mode "nearest" keeps grid_sample.
 
     Args:
         geometry: the full-resolution geometry (volume and detector of the data).
         grid: side G of the token grid; cells are the voxels of `geometry.scaled((G, G, G))`.
-        mode: grid_sample interpolation, "bilinear" or "nearest".
+        mode: interpolation, "bilinear" or "nearest".
     """
 
     def __init__(self, geometry: Geometry, grid: int, mode: str = "bilinear") -> None:
@@ -48,6 +73,24 @@ class GeometryLifting(nn.Module):
         # Non-persistent: derived from the geometry, rebuilt on construction, not saved.
         self.register_buffer("sample_grid", torch.stack(coords).float(), persistent=False)  # (V, G, G, G, 2)
         self.register_buffer("depth", torch.stack(depths).float(), persistent=False)  # (V, G, G, G)
+        self._coords64 = torch.stack(coords)  # (V, G, G, G, 2), for the interpolation matrices
+        self._matrices: dict = {}  # (h, w, device, dtype) -> per view (rows (G, G, h), cols (G, G, w))
+
+    def _interpolation(self, h: int, w: int, like: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per view: rows (G_depth, G_d, h) and cols (G_depth, G_col, w) bilinear weights."""
+        key = (h, w, like.device, like.dtype)
+        if key not in self._matrices:
+            out = []
+            for v, view in enumerate(self.views):
+                spec = get_view(view)
+                # index the (G, G, G) coordinate fields by (depth, d) and (depth, col) only: the
+                # row does not change along col_axis, nor the column along d
+                grid = self._coords64[v].movedim((spec.depth_axis, 0, spec.col_axis), (0, 1, 2))  # (z, d, c, 2)
+                rows = tent_weights(grid[:, :, 0, 1], h)  # (z, d, h)
+                cols = tent_weights(grid[:, 0, :, 0], w)  # (z, c, w)
+                out.append((rows.to(like.device, like.dtype), cols.to(like.device, like.dtype)))
+            self._matrices[key] = out
+        return self._matrices[key]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features (B, V, C, h, w) covering each view's detector -> (B, V, C, G, G, G)."""
@@ -55,13 +98,24 @@ class GeometryLifting(nn.Module):
         if V != len(self.views):
             raise ValueError(f"expected {len(self.views)} views {self.views}, got features {tuple(features.shape)}")
         G = self.grid
-        # grid_sample is 2D: sample a (G, G*G) "image" of points per view.
-        # (V, G, G, G, 2) -> (V, G, G*G, 2) -> (B*V, G, G*G, 2)
-        grid = self.sample_grid.reshape(V, G, G * G, 2).repeat(B, 1, 1, 1).to(features.dtype)
-        out = F.grid_sample(
-            features.flatten(0, 1), grid, mode=self.mode, padding_mode="zeros", align_corners=False
-        )  # (B*V, C, G, G*G)
-        return out.view(B, V, C, G, G, G)
+        if self.mode == "nearest":
+            # grid_sample is 2D: sample a (G, G*G) "image" of points per view.
+            grid = self.sample_grid.reshape(V, G, G * G, 2).repeat(B, 1, 1, 1).to(features.dtype)
+            out = F.grid_sample(
+                features.flatten(0, 1), grid, mode=self.mode, padding_mode="zeros", align_corners=False
+            )  # (B*V, C, G, G*G)
+            return out.view(B, V, C, G, G, G)
+        lifted = []
+        for v, (rows, cols) in enumerate(self._interpolation(*features.shape[-2:], features)):
+            spec = get_view(self.views[v])
+            z, d, h = rows.shape
+            k, w = cols.shape[1:]
+            # two large matmuls (not B*C*z small ones): columns of every depth slice, then rows
+            x = features[:, v].reshape(B * C, h, w) @ cols.reshape(z * k, w).t()  # (B*C, h, z*k)
+            x = x.view(B * C, h, z, k).permute(2, 1, 0, 3).reshape(z, h, B * C * k)  # (z, h, B*C*k)
+            x = torch.bmm(rows, x).view(z, d, B, C, k).permute(2, 3, 0, 1, 4)  # (B, C, z, d, col)
+            lifted.append(x.movedim((2, 3, 4), (2 + spec.depth_axis, 2, 2 + spec.col_axis)))  # (B, C, G, G, G)
+        return torch.stack(lifted, dim=1)
 
 
 def default_boundaries(num_regions: int) -> tuple[float, ...]:
@@ -193,3 +247,39 @@ class ViewFusion(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, V, C, G, G, G) -> (B, out_dim, G, G, G)."""
         return self.norm(self.conv(x.flatten(1, 2)))  # views stacked along channels: (B, V*C, G, G, G)
+
+
+def nearest_scale(sides: Sequence[int], target: int) -> int:
+    """Index of the side closest to `target` in log scale (ties go to the finer map)."""
+    return min(range(len(sides)), key=lambda i: (abs(math.log2(sides[i] / target)), -sides[i]))
+
+
+class LiftedSkip(nn.Module):
+    """One geometry-aware skip: lift a finer encoder map of every view onto an r³ grid and
+    add the views. It carries detail finer than the token grid straight to the decoder
+    stage of the same resolution, at the voxels where the detail projects, instead of
+    leaving the decoder to infer it from the coarse tokens.
+
+    Each view is first projected to the stage's width by its own 1x1 conv + BN in 2D: the
+    lifting is linear, so this equals a 1x1x1 conv over the lifted views, at h*w instead
+    of r³ positions (64x fewer at 32³ from 32² maps).
+
+    Args:
+        geometry: the full-resolution geometry.
+        side: r, the decoder stage's output resolution.
+        in_ch: channels of the encoder map that is lifted.
+        out_ch: channels of the decoder stage.
+    """
+
+    def __init__(self, geometry: Geometry, side: int, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        views = len(geometry.views)
+        self.project = nn.Conv2d(views * in_ch, views * out_ch, 1, groups=views, bias=False)  # one conv per view
+        self.norm = nn.BatchNorm2d(views * out_ch)
+        self.lifting = GeometryLifting(geometry, side)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features (B, V, C_in, h, w) -> (B, out_ch, r, r, r)."""
+        B, V, _, h, w = features.shape
+        x = self.norm(self.project(features.flatten(1, 2))).view(B, V, -1, h, w)  # (B, V, out_ch, h, w)
+        return self.lifting(x).sum(dim=1)

@@ -6,6 +6,8 @@
       -> TransformerStack on G³ tokens  ||  EfficientNet3D branch (optional)
       -> CrossAttentionFusion (only with the CNN branch)
       -> VolumeDecoder (x2 per stage to N³)                volume, log_var (B, 1, N, N, N)
+           + LiftedSkip per stage (optional): the encoder map closest to the stage's
+             resolution, lifted by geometry, added after the stage's upsampling
 
 Hierarchical adaptive conditioning (optional): the global descriptors of every encoder
 scale of both views -> MLP -> one vector that modulates every transformer block and
@@ -27,7 +29,7 @@ from xray2ct.models.cnn3d import EfficientNet3D
 from xray2ct.models.decoder import VolumeDecoder
 from xray2ct.models.encoder import XRayEncoder
 from xray2ct.models.fusion import CrossAttentionFusion
-from xray2ct.models.lifting import GeometryLifting, LearnableDepthPriors, ViewFusion
+from xray2ct.models.lifting import GeometryLifting, LearnableDepthPriors, LiftedSkip, ViewFusion, nearest_scale
 
 if TYPE_CHECKING:  # the models package imports without the config module
     from xray2ct.config import Config, ModelConfig
@@ -112,6 +114,17 @@ class XRay2CT(nn.Module):
         else:
             self.cnn, self.fusion = None, None
         self.decoder = VolumeDecoder(dim, c.decoder_channels, cond_dim)
+        self.skips, self.skip_sources = None, ()
+        if c.lifted_skips:
+            # each decoder stage takes the encoder map whose side is closest to its own
+            sides = [s // 2 ** (i + 1) for i in range(len(c.encoder_channels))]
+            widths = self.encoder.descriptor_dims  # the deepest map is projected to xray_feature_dim
+            stage_sides = [grid * 2 ** (i + 1) for i in range(len(c.decoder_channels))]
+            self.skip_sources = tuple(nearest_scale(sides, r) for r in stage_sides)
+            self.skips = nn.ModuleList(
+                LiftedSkip(geometry, r, widths[src], ch)
+                for r, src, ch in zip(stage_sides, self.skip_sources, self.decoder.stage_channels)
+            )
 
     def components(self) -> dict[str, nn.Module]:
         """Named sub-modules for parameter accounting (absent ones left out)."""
@@ -123,6 +136,7 @@ class XRay2CT(nn.Module):
             "cnn_branch": self.cnn,
             "fusion": self.fusion,
             "decoder": self.decoder,
+            "skips": self.skips,
         }
         return {k: v for k, v in parts.items() if v is not None}
 
@@ -145,7 +159,10 @@ class XRay2CT(nn.Module):
         if self.cnn is not None:
             tokens = self.fusion(tokens, grid_to_tokens(self.cnn(volume)))
         grid = tokens_to_grid(tokens, (self.grid,) * 3)  # (B, G³, dim) -> (B, dim, G, G, G)
-        out, log_var = self.decoder(grid, cond)
+        skips = [] if self.skips is None else [
+            skip(enc.features[src]) for skip, src in zip(self.skips, self.skip_sources)
+        ]  # per decoder stage (B, C_s, r, r, r)
+        out, log_var = self.decoder(grid, cond, skips)
         return {"volume": out, "log_var": log_var, "priors": priors}
 
 
