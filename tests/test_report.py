@@ -38,7 +38,7 @@ def test_reconstruction_report_embeds_volume_std_mesh_and_metrics(tmp_path):
     xrays = {"PA": np.random.default_rng(2).random((32, 32)), "lateral": np.zeros((32, 32))}
     path = reconstruction_report(tmp_path / "r.html", hu, (2.0, 2.0, 2.0), xrays, std_hu=std,
                                  metrics={"PSNR (dB)": 27.123}, mesh=mesh, title="case <7>")
-    html = path.read_text()
+    html = path.read_text(encoding="utf-8")
     _no_network(html)
     assert "case &lt;7&gt;" in html and "27.12" in html and html.count("data:image/png;base64,") == 2
     data = _data(html)
@@ -61,13 +61,13 @@ def test_large_mesh_is_thinned_for_the_preview(tmp_path):
 
     mesh = Mesh(np.zeros((3, 3), np.float32), np.zeros((MAX_FACES * 2 + 1, 3), np.int32))
     html = reconstruction_report(tmp_path / "r.html", _volume(8), (1.0,) * 3, {"PA": np.zeros((4, 4))}, mesh=mesh)
-    data = _data(html.read_text())["mesh"]
+    data = _data(html.read_text(encoding="utf-8"))["mesh"]
     assert data["faces"] == MAX_FACES * 2 + 1 and len(base64.b64decode(data["f"])) == MAX_FACES * 12
 
 
 def test_large_volume_is_subsampled(tmp_path):
     hu = np.zeros((300, 200, 130), np.float32)
-    html = reconstruction_report(tmp_path / "r.html", hu, (1.0, 1.0, 1.0), {"PA": np.zeros((4, 4))}).read_text()
+    html = reconstruction_report(tmp_path / "r.html", hu, (1.0, 1.0, 1.0), {"PA": np.zeros((4, 4))}).read_text(encoding="utf-8")
     vol = _data(html)["volume"]
     assert max(vol["shape"]) <= 128 and vol["spacing"][0] == 3.0 and _data(html)["mesh"] is None
 
@@ -80,7 +80,7 @@ def test_evaluation_report_tables_and_montages(tmp_path):
                "metrics": {"psnr": {"mean": 27.5, "ci95": [27.0, 28.0], "n": 2, "protocol": "ours"}}}
     rows = [{"id": "case_0001", "psnr": 27.25}, {"id": "case_0002", "psnr": 27.75}]
     html = evaluation_report(tmp_path / "e.html", summary, rows, montages=[tmp_path / "case_0001.png"],
-                             hu=_volume(), spacing=(2.0,) * 3).read_text()
+                             hu=_volume(), spacing=(2.0,) * 3).read_text(encoding="utf-8")
     _no_network(html)
     assert "27.25" in html and "27.75" in html and "27 – 28" in html and "case_0001" in html
     assert _data(html)["volume"]["shape"] == [24, 24, 24]
