@@ -114,6 +114,14 @@ def test_default_out_folder_and_cli_table(setup):
     assert not (out / "montages").exists()
 
 
+def test_report_has_every_case_and_the_summary(setup, tmp_path):
+    ckpt, data = setup
+    res = evaluate(ckpt, data, split=None, out=tmp_path / "ev", device="cpu", montages=1, progress=False, report=True)
+    html = (tmp_path / "ev" / "report.html").read_text(encoding="utf-8")
+    assert all(row["id"] in html for row in res.per_case)
+    assert f"{res.summary['metrics']['psnr']['mean']:.4g}" in html and "data:image/png;base64," in html
+
+
 def test_folder_without_cases_is_a_clear_error(setup, tmp_path):
     ckpt, _ = setup
     (tmp_path / "empty").mkdir()

@@ -134,6 +134,23 @@ def test_uncertainty_and_preview(env, tmp_path):
         assert im.format == "PNG"
 
 
+def test_report_embeds_this_reconstruction(env, tmp_path):
+    import base64
+    import json
+    import re
+
+    run(env, tmp_path / "ct.nii.gz", report=tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    data = json.loads(re.search(r"const DATA = (\{.*?\});\n", html, re.S).group(1).replace("<\\/", "</"))
+    hu = np.frombuffer(base64.b64decode(data["volume"]["hu"]), "<i2").reshape(data["volume"]["shape"])
+    np.testing.assert_allclose(hu, np.rint(expected_hu(env)), atol=1)  # the volume that was written
+    assert data["volume"]["std"] is not None and "phantom_0000_pa_drr.png" in html
+    with pytest.raises(R.ReconstructionError, match="html"):
+        run(env, tmp_path / "ct2.nii.gz", report=tmp_path / "r.txt")
+    with pytest.raises(R.OutputExistsError, match="r.html"):
+        run(env, tmp_path / "ct3.nii.gz", report=tmp_path / "r.html")
+
+
 # --- bad input ----------------------------------------------------------------------------
 def _bad_xray(tmp_path, kind) -> Path:
     path = tmp_path / f"{kind}_pa.png"
