@@ -60,13 +60,17 @@ def plot_quality_tradeoff(points: list[dict], path: str | os.PathLike, title: st
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    # labels of points that bunch together alternate above and below, so they do not overlap
+    ordered = sorted(points, key=lambda q: q["step_ms"])
+    offsets = {q["name"]: (5, 6 if i % 2 == 0 else -12) for i, q in enumerate(ordered)}
     for p in points:
         ci = p.get("ci95")
         err = [[p["psnr"] - ci[0]], [ci[1] - p["psnr"]]] if ci else None
         highlight = p["name"] in ("optimized", "baseline")
         ax.errorbar(p["step_ms"], p["psnr"], yerr=err, fmt="s" if highlight else "o", capsize=3,
                     color="C3" if p["name"] == "optimized" else ("C0" if p["name"] == "baseline" else "C7"))
-        ax.annotate(p["name"], (p["step_ms"], p["psnr"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(p["name"], (p["step_ms"], p["psnr"]), textcoords="offset points", xytext=offsets[p["name"]],
+                    fontsize=8)
     ax.margins(x=0.15)  # room for the labels of the outermost points
     ax.set_xlabel("train step (ms, median)")
     ax.set_ylabel("test PSNR (dB), mean ± 95% CI")
