@@ -39,6 +39,14 @@ class SuiteResult:
     def __str__(self) -> str:
         return self.markdown
 
+    def figure(self, images_dir: str | os.PathLike, name: str, device: str, alt: str) -> Path:
+        """Register the figure `images_dir/{name}-{device}.png` (the caller draws it there) and
+        link it from the markdown, relative to the markdown file beside images_dir."""
+        png = Path(images_dir) / f"{name}-{device.replace(':', '')}.png"
+        self.images.append(png)
+        self.markdown += f"\n\n![{alt}]({png.parent.name}/{png.name})"
+        return png
+
 
 def _timing(times_ms: list[float]) -> Timing:
     """Median and interquartile range of repeat times (ms)."""
@@ -189,11 +197,9 @@ def components_suite(device: str = "cpu", grids=(8, 16), dim: int = 256, heads: 
     if images_dir is not None:
         from xray2ct.benchmark_plots import plot_attention_speed
 
-        png = Path(images_dir) / f"attention-speed-{device.replace(':', '')}.png"
+        png = result.figure(images_dir, "attention-speed", device, "attention fwd+bwd time vs tokens")
         plot_attention_speed({k: {n: t.median_ms for n, t in v.items()} for k, v in attn_times.items()}, png,
                              title=f"attention fwd+bwd, width {dim}, {heads} heads, {device}")
-        result.images.append(png)
-        result.markdown += f"\n\n![attention fwd+bwd time vs tokens]({Path(images_dir).name}/{png.name})"
     return result
 
 
@@ -292,12 +298,10 @@ def quality_suite(data_dir: str | os.PathLike, device: str = "cpu", *,
     if images_dir is not None:
         from xray2ct.benchmark_plots import plot_quality_tradeoff
 
-        png = Path(images_dir) / f"quality-tradeoff-{device.replace(':', '')}.png"
+        png = result.figure(images_dir, "quality-tradeoff", device, "test PSNR vs train-step time per variant")
         plot_quality_tradeoff([{"name": r.name, "step_ms": r.step.median_ms, "psnr": r.metrics["psnr"]["mean"],
                                 "ci95": r.metrics["psnr"]["ci95"]} for r in results], png,
                               title=f"test PSNR vs train-step time at {budget_s:g} s per variant ({device})")
-        result.images.append(png)
-        result.markdown += f"\n\n![test PSNR vs train-step time per variant]({Path(images_dir).name}/{png.name})"
     return result
 
 

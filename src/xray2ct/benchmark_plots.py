@@ -4,24 +4,7 @@ from __future__ import annotations
 
 import os
 
-from xray2ct.fileio import atomic_path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path) -> None:
-    plt = _pyplot()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+from xray2ct.viz import pyplot, save_figure
 
 
 def plot_attention_speed(times_ms: dict[str, dict[int, float]], path: str | os.PathLike, title: str = "") -> None:
@@ -29,7 +12,7 @@ def plot_attention_speed(times_ms: dict[str, dict[int, float]], path: str | os.P
 
     times_ms: variant -> {tokens: median ms}.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, by_tokens in times_ms.items():
         tokens = sorted(by_tokens)
@@ -50,7 +33,7 @@ def plot_attention_speed(times_ms: dict[str, dict[int, float]], path: str | os.P
     ax.legend()
     if title:
         ax.set_title(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_quality_tradeoff(points: list[dict], path: str | os.PathLike, title: str = "") -> None:
@@ -58,7 +41,7 @@ def plot_quality_tradeoff(points: list[dict], path: str | os.PathLike, title: st
 
     points: {"name", "step_ms", "psnr", "ci95": [lo, hi] or None}.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     # labels of points that bunch together alternate above and below, so they do not overlap
     ordered = sorted(points, key=lambda q: q["step_ms"])
@@ -77,4 +60,4 @@ def plot_quality_tradeoff(points: list[dict], path: str | os.PathLike, title: st
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from xray2ct.fileio import atomic_path
-from xray2ct.viz import PLANES, WINDOWS
+from xray2ct.viz import PLANES, WINDOWS, uncertainty_scale
 
 MAX_SIDE = 128  # volumes are subsampled to at most this many voxels per axis (keeps the file small)
 MAX_FACES = 60_000  # the canvas renderer stays interactive below this
@@ -56,7 +56,7 @@ def _volume_payload(hu: np.ndarray, spacing, std_hu: np.ndarray | None) -> dict:
                "windows": {k: list(v) for k, v in WINDOWS.items()}, "std": None, "std_max": None}
     if std_hu is not None:
         std = std_hu[::step, ::step, ::step]
-        top = float(np.percentile(std, 99)) or 1.0
+        top = uncertainty_scale(std)
         payload.update(std=_b64(np.clip(std / top * 255 + 0.5, 0, 255).astype(np.uint8)), std_max=top)
     return payload
 

@@ -6,6 +6,7 @@ so a viewer's default camera looks at the patient's front with the head up.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -13,6 +14,8 @@ import numpy as np
 
 from xray2ct.errors import UserError
 from xray2ct.fileio import atomic_path
+
+log = logging.getLogger(__name__)
 
 BONE_HU = 250.0  # cortical and dense trabecular bone; soft tissue and contrast-free vessels stay below
 
@@ -67,6 +70,16 @@ def bone_surface(hu: np.ndarray, spacing_mm: tuple[float, float, float], level: 
     vertices = np.stack([w, -d, -h], axis=1).astype(np.float32)
     # skimage winds the triangles clockwise seen from the bright side; viewers expect counter-clockwise
     return Mesh(vertices, np.ascontiguousarray(faces[:, ::-1]).astype(np.int32))
+
+
+def try_bone_surface(hu: np.ndarray, spacing_mm, level: float = BONE_HU) -> tuple[Mesh | None, str]:
+    """`bone_surface`, or (None, why) when no voxel crosses the level: a report or a viewer
+    then goes on without a surface and can say why."""
+    try:
+        return bone_surface(hu, spacing_mm, level), ""
+    except NoSurfaceError as e:
+        log.info("no bone surface: %s", e)
+        return None, str(e)
 
 
 def write_obj(path: str | os.PathLike, mesh: Mesh) -> None:

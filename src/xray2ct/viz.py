@@ -21,16 +21,35 @@ def plane_slice(vol: np.ndarray, plane: str, index: int | None = None) -> np.nda
     return np.take(vol, index, axis=axis)
 
 
-def save_montage(path: str | os.PathLike, panels: list[dict], ncols: int = 3, title: str | None = None,
-                 colorbar_label: str | None = None, dpi: int = 110) -> None:
-    """Grid of images. Each panel: {"image": 2D array, "title": str, "cmap": str, "vmin", "vmax"}."""
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Tight layout, PNG written atomically, figure closed."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    pyplot().close(fig)
+
+
+def uncertainty_scale(std_hu: np.ndarray) -> float:
+    """Top of the colour scale for a std volume: its 99th percentile (a few hot voxels at
+    edges would otherwise wash the rest out), or 1 HU for an all-zero volume."""
+    return float(np.percentile(std_hu, 99)) or 1.0
+
+
+def save_montage(path: str | os.PathLike, panels: list[dict], ncols: int = 3, title: str | None = None,
+                 colorbar_label: str | None = None, dpi: int = 110) -> None:
+    """Grid of images. Each panel: {"image": 2D array, "title": str, "cmap": str, "vmin", "vmax"}."""
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows), squeeze=False)
+    fig, axes = pyplot().subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, p in zip(axes.flat, panels):
@@ -40,10 +59,7 @@ def save_montage(path: str | os.PathLike, panels: list[dict], ncols: int = 3, ti
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label(colorbar_label or "", fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi)
 
 
 def ct_and_drr_montage(path, hu: np.ndarray, pa: np.ndarray, lat: np.ndarray, title: str | None = None) -> None:
@@ -60,15 +76,10 @@ def plot_learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike,
     """Validation PSNR and 3D SSIM against training time (minutes) from a run's metrics.csv."""
     import csv
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = list(csv.DictReader(open(metrics_csv)))
     x_key = "elapsed_s" if rows and "elapsed_s" in rows[0] else "step"
     x = [float(r[x_key]) / (60 if x_key == "elapsed_s" else 1) for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(9, 3.4))
     for ax, key, label in ((axes[0], "psnr", "val PSNR (dB)"), (axes[1], "ssim3d", "val 3D SSIM")):
         ax.plot(x, [float(r[key]) for r in rows], marker="o", ms=3)
         ax.set_xlabel("training time (min)" if x_key == "elapsed_s" else "step")
@@ -76,10 +87,7 @@ def plot_learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike,
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # Display windows (centre, width) in HU, the usual radiology presets.
@@ -106,7 +114,7 @@ def slice_rgb(hu: np.ndarray, plane: str, index: int | None = None, window: str 
         from matplotlib import colormaps
 
         std = plane_slice(std_hu, plane, index)
-        top = std_max if std_max else float(np.percentile(std_hu, 99)) or 1.0
+        top = std_max if std_max else uncertainty_scale(std_hu)
         heat = colormaps["inferno"](np.clip(std / top, 0, 1))[..., :3]
         rgb = (1 - overlay_alpha) * rgb + overlay_alpha * heat
     return (rgb * 255 + 0.5).astype(np.uint8)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MAX_UPLOAD_MB = 50  # a chest film as 16-bit DICOM is 10-40 MB
 QUEUE_SIZE = 16  # requests waiting beyond this are refused with a "busy" message
 KEEP_RESULTS = 20  # result folders kept on disk; older ones are deleted
+METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "3D SSIM", "mae": "MAE (HU)"}
 
 
 class AppInputError(UserError, ValueError):
@@ -92,10 +93,8 @@ class Reconstructor:
         self._count = 0
 
     def __call__(self, pa, lat, progress: Callable[[float, str], None] = lambda f, desc: None) -> Result:
-        from xray2ct.engine.reconstruct import load_pair, predict, save_volume, uncertainty_hu
-        from xray2ct.physics.hu import unit_to_hu
-        from xray2ct.report import reconstruction_report
-        from xray2ct.surface import NoSurfaceError, bone_surface, write_obj
+        from xray2ct.engine.reconstruct import load_pair, reconstruct_pair, save_report, save_volume
+        from xray2ct.surface import try_bone_surface, write_obj
 
         started = time.perf_counter()
         pa, lat = _uploaded_path(pa, "PA"), _uploaded_path(lat, "lateral")
@@ -105,30 +104,22 @@ class Reconstructor:
         except UserError as e:  # name the file as the user knows it, not by the server's upload folder
             raise AppInputError(str(e).replace(f"{pa.parent}/", "").replace(f"{lat.parent}/", "")) from None
         progress(0.3, "reconstructing")
-        volume, log_var = predict(self.model, xrays, self.device)
-        hu = unit_to_hu(volume)[0, 0].numpy()
-        std = uncertainty_hu(log_var)[0, 0].numpy() if log_var is not None else None
-        spacing = tuple(self.cfg.geometry.fov_mm / n for n in hu.shape)
+        rec = reconstruct_pair(self.model, self.cfg, self.device, xrays)
+        hu, std, spacing = rec.hu, rec.std_hu, rec.spacing
         out = self._new_folder()
         progress(0.6, "writing files")
         files = {"volume": save_volume(out / "ct.nii.gz", hu, spacing, "nifti")}
         if std is not None:
             files["uncertainty"] = save_volume(out / "uncertainty_std.nii.gz", std, spacing, "nifti", dtype="float32")
         progress(0.75, "bone surface")
-        mesh, note = None, ""
-        try:
-            mesh = bone_surface(hu, spacing)
+        mesh, note = try_bone_surface(hu, spacing)
+        if mesh is not None:
             write_obj(out / "bone_surface.obj", mesh)
             files["surface"] = out / "bone_surface.obj"
-        except NoSurfaceError as e:
-            note = str(e)
-        metrics = self._metrics(pa, volume)
+        metrics = self._metrics(pa, rec.volume)
         progress(0.9, "report")
-        files["report"] = reconstruction_report(
-            out / "report.html", hu, spacing, {"PA": xrays[0, 0].numpy(), "lateral": xrays[0, 1].numpy()},
-            std_hu=std, metrics=metrics or None, mesh=mesh, title=f"xray2ct: {pa.name} + {lat.name}",
-            details={"inputs": f"{pa.name}, {lat.name}", "volume": f"{hu.shape[0]}³ voxels of {spacing[0]:.1f} mm"},
-        )
+        files["report"] = save_report(out / "report.html", hu, std, spacing, xrays, mesh=mesh,
+                                      title=f"{pa.name} + {lat.name}", metrics=metrics or None)
         return Result(hu, std, spacing, files, time.perf_counter() - started, metrics, note)
 
     def _new_folder(self) -> Path:
@@ -140,32 +131,25 @@ class Reconstructor:
         return out
 
     def _metrics(self, pa: Path, volume) -> dict[str, float]:
+        """Against the ground truth when the PA is a bundled example's, labelled for display."""
+        from xray2ct.engine.demo import ground_truth_metrics
+
         ex = self._truth.get(_digest(pa))
-        if ex is None:
-            return {}
-        import torch
-
-        from xray2ct.data.ctio import load_volume
-        from xray2ct.metrics import mae_hu, psnr, ssim3d
-        from xray2ct.physics.hu import hu_to_unit
-
-        gt = hu_to_unit(torch.from_numpy(np.ascontiguousarray(load_volume(ex.ct)[0])))[None, None]
-        if gt.shape != volume.shape:
-            return {}
-        return {"PSNR (dB)": psnr(volume, gt).item(), "3D SSIM": ssim3d(volume, gt).item(),
-                "MAE (HU)": mae_hu(volume, gt).item()}
+        metrics = ground_truth_metrics(volume, ex.ct) if ex is not None else {}
+        return {METRIC_LABELS[k]: v for k, v in metrics.items()}
 
 
 def render_views(result: Result | None, window: str, overlay: bool, indices: tuple[int, int, int]):
     """The three slice images (RGB uint8) for the current sliders, window and overlay toggle."""
-    from xray2ct.viz import PLANES, slice_rgb
+    from xray2ct.viz import PLANES, slice_rgb, uncertainty_scale
 
     if result is None:
         return [None, None, None]
     std = result.std_hu if overlay else None
+    top = uncertainty_scale(std) if std is not None else None  # one colour scale for the three planes
     views = []
     for plane, index, n in zip(PLANES, indices, result.hu.shape):
-        img = slice_rgb(result.hu, plane, int(np.clip(index, 0, n - 1)), window, std_hu=std)
+        img = slice_rgb(result.hu, plane, int(np.clip(index, 0, n - 1)), window, std_hu=std, std_max=top)
         factor = max(1, 256 // max(img.shape[:2]))  # nearest-neighbour zoom: crisp voxels at a readable size
         views.append(np.kron(img, np.ones((factor, factor, 1), dtype=np.uint8)))
     return views

@@ -39,41 +39,43 @@ def bundled_examples(folder: Path | None = None) -> list[Example]:
     return out
 
 
-def run_demo(out: str | Path, device: str = "cpu") -> Iterator[str]:
-    """Reconstruct every bundled example with the bundled weights; yields report lines."""
+def ground_truth_metrics(volume, ct_path: Path) -> dict[str, float]:
+    """PSNR (dB), 3D SSIM and MAE (HU) of a normalized volume (1, 1, N, N, N) against a ground-truth
+    CT file in HU; {} when the shapes differ (a model of another size)."""
     import numpy as np
     import torch
-    from tqdm import tqdm
 
     from xray2ct.data.ctio import load_volume
-    from xray2ct.engine.reconstruct import default_checkpoint, load_for_inference, load_pair, predict, \
-        save_preview, save_volume, uncertainty_hu
     from xray2ct.metrics import mae_hu, psnr, ssim3d
-    from xray2ct.physics.hu import hu_to_unit, unit_to_hu
+    from xray2ct.physics.hu import hu_to_unit
+
+    gt = hu_to_unit(torch.from_numpy(np.ascontiguousarray(load_volume(ct_path)[0])))[None, None]
+    if gt.shape != volume.shape:
+        return {}
+    pred = volume.float()
+    return {"psnr": psnr(pred, gt).item(), "ssim": ssim3d(pred, gt).item(), "mae": mae_hu(pred, gt).item()}
+
+
+def run_demo(out: str | Path, device: str = "cpu") -> Iterator[str]:
+    """Reconstruct every bundled example with the bundled weights; yields report lines."""
+    from tqdm import tqdm
+
+    from xray2ct.engine.reconstruct import default_checkpoint, load_for_inference, load_pair, reconstruct_pair, \
+        save_preview, save_volume
 
     started = time.monotonic()
     out = Path(out)
     ckpt = default_checkpoint()
     model, cfg, dev = load_for_inference(ckpt, device)
-    n = cfg.model.volume_size
-    spacing = (cfg.geometry.fov_mm / n,) * 3
     examples = bundled_examples()
     yield f"model: {ckpt.name} ({cfg.model.volume_size}³ from {cfg.model.xray_img_size}² X-rays), {len(examples)} examples"
     rows = []
     for ex in tqdm(examples, desc="reconstruct", unit="case"):
         xrays = load_pair(ex.pa, ex.lat, cfg.model.xray_img_size)
-        volume, log_var = predict(model, xrays, dev)
-        hu = unit_to_hu(volume)[0, 0].cpu().numpy()
-        std = uncertainty_hu(log_var)[0, 0].cpu().numpy() if log_var is not None else None
-        save_volume(out / f"{ex.id}.nii.gz", hu, spacing, "nifti")
-        save_preview(out / f"{ex.id}_preview.png", hu, std, title=f"{ex.id} (reconstruction)")
-        row = {"id": ex.id}
-        if ex.ct is not None:
-            gt_hu, _ = load_volume(ex.ct)
-            gt = hu_to_unit(torch.from_numpy(np.ascontiguousarray(gt_hu)))[None, None]
-            pred = volume.cpu().float()
-            row.update(psnr=psnr(pred, gt).item(), ssim=ssim3d(pred, gt).item(), mae=mae_hu(pred, gt).item())
-        rows.append(row)
+        rec = reconstruct_pair(model, cfg, dev, xrays)
+        save_volume(out / f"{ex.id}.nii.gz", rec.hu, rec.spacing, "nifti")
+        save_preview(out / f"{ex.id}_preview.png", rec.hu, rec.std_hu, title=f"{ex.id} (reconstruction)")
+        rows.append({"id": ex.id, **(ground_truth_metrics(rec.volume, ex.ct) if ex.ct is not None else {})})
     for r in rows:
         if "psnr" in r:
             yield f"{r['id']:<24} PSNR {r['psnr']:.2f} dB   SSIM {r['ssim']:.3f}   MAE {r['mae']:.0f} HU"

@@ -132,12 +132,9 @@ def _write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
 
 def _write_report(path: Path, result: EvalResult, hu: np.ndarray, spacing) -> Path:
     from xray2ct.report import evaluation_report
-    from xray2ct.surface import NoSurfaceError, bone_surface
+    from xray2ct.surface import try_bone_surface
 
-    try:
-        mesh = bone_surface(hu, spacing)
-    except NoSurfaceError:
-        mesh = None
+    mesh, _ = try_bone_surface(hu, spacing)
     first = result.per_case[0]["id"]
     return evaluation_report(path, result.summary, result.per_case, montages=result.montages[:REPORT_MONTAGES],
                              hu=hu, spacing=spacing, mesh=mesh,

@@ -241,12 +241,12 @@ def _replace_folder(src: Path, dst: Path) -> None:
 
 def save_preview(path: Path, hu: np.ndarray, std_hu: np.ndarray | None = None, title: str | None = None) -> Path:
     """Axial, coronal and sagittal mid-slices in HU (and of the uncertainty, when given), one PNG."""
-    from xray2ct.viz import PLANES, plane_slice, save_montage
+    from xray2ct.viz import PLANES, plane_slice, save_montage, uncertainty_scale
 
     panels = [{"image": plane_slice(hu, p), "title": f"CT {p}", "vmin": -1000, "vmax": 1000,
                "colorbar": p == PLANES[-1]} for p in PLANES]
     if std_hu is not None:
-        top = float(np.percentile(std_hu, 99)) or 1.0
+        top = uncertainty_scale(std_hu)
         panels += [{"image": plane_slice(std_hu, p), "title": f"uncertainty (std) {p}", "cmap": "viridis",
                     "vmin": 0, "vmax": top, "colorbar": p == PLANES[-1]} for p in PLANES]
     with _writing(path):
@@ -255,16 +255,11 @@ def save_preview(path: Path, hu: np.ndarray, std_hu: np.ndarray | None = None, t
 
 
 def save_report(path: Path, hu: np.ndarray, std_hu: np.ndarray | None, spacing, xrays: torch.Tensor,
-                title: str | None = None, metrics: dict | None = None) -> Path:
-    """Self-contained HTML report: inputs, interactive slices, uncertainty, bone surface."""
+                mesh=None, title: str | None = None, metrics: dict | None = None) -> Path:
+    """Self-contained HTML report: inputs, interactive slices, uncertainty, bone surface (mesh: a
+    `xray2ct.surface.Mesh` or None)."""
     from xray2ct.report import reconstruction_report
-    from xray2ct.surface import NoSurfaceError, bone_surface
 
-    try:
-        mesh = bone_surface(hu, spacing)
-    except NoSurfaceError as e:
-        log.info("report without a bone surface: %s", e)
-        mesh = None
     with _writing(path):
         return reconstruction_report(path, hu, spacing, {"PA": xrays[0, 0].numpy(), "lateral": xrays[0, 1].numpy()},
                                      std_hu=std_hu, metrics=metrics, mesh=mesh,
@@ -274,6 +269,27 @@ def save_report(path: Path, hu: np.ndarray, std_hu: np.ndarray | None, spacing, 
 
 
 # --- one reconstruction ------------------------------------------------------------------
+@dataclass
+class Reconstruction:
+    """One pair's result in memory."""
+
+    volume: torch.Tensor  # (1, 1, D, H, W) normalized CT in [0, 1], float32 on CPU
+    hu: np.ndarray  # (D, H, W) HU
+    std_hu: np.ndarray | None  # (D, H, W) predicted std in HU; None: not asked for, or no log_var
+    spacing: tuple[float, float, float]  # mm: fov_mm / size per axis
+
+
+def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_std: bool = True) -> Reconstruction:
+    """xrays (1, 2, S, S) -> the volume in HU and its uncertainty, resampled to `upscale` (D, H, W)."""
+    volume, log_var = predict(model, xrays, dev)
+    volume = _upscale(volume, upscale)
+    hu = unit_to_hu(volume)[0, 0].numpy()
+    std = None
+    if with_std and log_var is not None:  # skipped when unused: at an upscaled size it is a large resample
+        std = uncertainty_hu(_upscale(log_var, upscale))[0, 0].numpy()
+    return Reconstruction(volume, hu, std, tuple(cfg.geometry.fov_mm / n for n in hu.shape))
+
+
 def _upscale(vol: torch.Tensor, upscale) -> torch.Tensor:
     """(1, 1, N, N, N) -> (1, 1, D, H, W), trilinear."""
     if upscale is None:
@@ -336,14 +352,10 @@ class _Job:
         return cls(out, fmt, unc, prev, _check_upscale(upscale), rep)
 
     def run(self, model, cfg, dev, xrays: torch.Tensor, title: str | None = None) -> Path:
-        volume, log_var = predict(model, xrays, dev)
-        volume = _upscale(volume, self.upscale)
-        hu = unit_to_hu(volume)[0, 0].numpy()
-        spacing = tuple(cfg.geometry.fov_mm / n for n in hu.shape)
-        std = None
-        if log_var is not None and (self.uncertainty or self.preview or self.report):
-            std = uncertainty_hu(_upscale(log_var, self.upscale))[0, 0].numpy()
-        elif self.uncertainty is not None:
+        rec = reconstruct_pair(model, cfg, dev, xrays, self.upscale,
+                               with_std=bool(self.uncertainty or self.preview or self.report))
+        hu, std, spacing = rec.hu, rec.std_hu, rec.spacing
+        if self.uncertainty is not None and std is None:
             raise ReconstructionError(f"{self.uncertainty}: this model predicts no uncertainty (no log_var output)")
         # extras first, the volume last: a present volume means a finished reconstruction
         if self.uncertainty is not None:
@@ -351,7 +363,9 @@ class _Job:
         if self.preview is not None:
             save_preview(self.preview, hu, std, title=title)
         if self.report is not None:
-            save_report(self.report, hu, std, spacing, xrays, title=title)
+            from xray2ct.surface import try_bone_surface
+
+            save_report(self.report, hu, std, spacing, xrays, mesh=try_bone_surface(hu, spacing)[0], title=title)
         return save_volume(self.out, hu, spacing, self.fmt)
 
 
