@@ -26,6 +26,7 @@ from xray2ct.models.attention import (
     tokens_to_grid,
 )
 from xray2ct.models.conditioning import AdaptiveModulation
+from xray2ct.models.depthwise import DepthwiseConv3d
 
 LAYOUTS = ("sandwich", "standard")
 
@@ -64,7 +65,7 @@ class TokenMixer(nn.Module):
     def __init__(self, dim: int, grid: Sequence[int], kernel_size: int = 3) -> None:
         super().__init__()
         self.grid = tuple(grid)
-        self.conv = nn.Conv3d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.conv = DepthwiseConv3d(dim, kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, dim) -> (B, N, dim)."""

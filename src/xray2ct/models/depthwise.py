@@ -1,0 +1,69 @@
+"""Depthwise Conv3d with a hand-written backward, about 2x faster to train on CPU.
+
+PyTorch's CPU backward of a depthwise 3D convolution (oneDNN) is 5-10x its forward: in
+the cpu-small model it was a quarter of the whole training step. Both gradients are cheap
+to write with operations that are fast:
+
+    grad_input  = depthwise conv of grad_output with the flipped kernel (stride 1, same
+                  padding: the transposed convolution is a convolution)
+    grad_weight = per channel, for each of the k³ offsets, sum(shifted input * grad_output)
+
+Only stride 1, dilation 1 and 'same' padding (k // 2, odd k) are supported: what the
+token mixer, the MBConv and decoder refinements use. The parameters are those of
+nn.Conv3d (same names and shapes), so checkpoints do not change.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _DepthwiseConv3dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return F.conv3d(x, weight, padding=weight.shape[-1] // 2, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        x, weight = ctx.saved_tensors
+        k, p = weight.shape[-1], weight.shape[-1] // 2
+        grad_x = grad_w = None
+        # under autocast the forward ran in grad's dtype; compute in it, return the inputs' dtypes
+        if ctx.needs_input_grad[0]:
+            flipped = weight.flip(-3, -2, -1).to(grad.dtype)
+            grad_x = F.conv3d(grad, flipped, padding=p, groups=x.shape[1]).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            d, h, w = x.shape[-3:]
+            xp = F.pad(x.to(grad.dtype), (p,) * 6)  # (B, C, D+2p, H+2p, W+2p)
+            # one product-sum per kernel offset: k³ passes over (B, C, D, H, W), no im2col copy
+            grad_w = torch.stack(
+                [(xp[:, :, i:i + d, j:j + h, l:l + w] * grad).sum((0, 2, 3, 4))
+                 for i in range(k) for j in range(k) for l in range(k)],
+                dim=1,
+            ).view_as(weight).to(weight.dtype)  # (C, k³) -> (C, 1, k, k, k)
+        return grad_x, grad_w
+
+
+class DepthwiseConv3d(nn.Conv3d):
+    """nn.Conv3d(ch, ch, k, padding=k // 2, groups=ch, bias=bias) with the faster backward.
+
+    Args:
+        ch: channels in and out.
+        kernel_size: odd k.
+        bias: add a learned per-channel bias.
+    """
+
+    def __init__(self, ch: int, kernel_size: int = 3, bias: bool = True) -> None:
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
+        super().__init__(ch, ch, kernel_size, padding=kernel_size // 2, groups=ch, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, D, H, W) -> (B, C, D, H, W)."""
+        out = _DepthwiseConv3dFn.apply(x, self.weight)
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1, 1, 1)
+        return out
