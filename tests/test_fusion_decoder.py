@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from xray2ct.models.decoder import VolumeDecoder
+from xray2ct.models.decoder import VolumeDecoder, voxel_shuffle
 from xray2ct.models.fusion import CrossAttention, CrossAttentionFusion
 
 GRID = (4, 4, 4)
@@ -89,3 +89,42 @@ def test_decoder_conditioning_changes_output_after_init():
     with torch.no_grad():
         dec.stages[0].modulation.proj.weight.normal_()
     assert not torch.allclose(dec(x, a)[0], dec(x, b)[0])
+
+
+def test_voxel_shuffle_places_channel_blocks_as_children():
+    b, c, r = 2, 3, 4
+    x = torch.randn(b, c * 8, r, r, r)
+    y = voxel_shuffle(x)
+    assert y.shape == (b, c, 2 * r, 2 * r, 2 * r)
+    for i, j, k in [(0, 0, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1)]:
+        # child (i, j, k) of every voxel comes from channel block c*8 + 4i + 2j + k
+        torch.testing.assert_close(y[:, :, i::2, j::2, k::2], x[:, [ch * 8 + 4 * i + 2 * j + k for ch in range(c)]])
+
+
+def test_subvoxel_decoder_equals_trilinear_at_init_and_learns_a_one_voxel_spike():
+    torch.manual_seed(0)
+    plain, sub = VolumeDecoder(16, (8, 8)), VolumeDecoder(16, (8, 8), subvoxel=True)
+    sub.load_state_dict(plain.state_dict(), strict=False)  # shared parameters; detail convs stay zero
+    x = torch.randn(2, 16, 4, 4, 4)
+    for m in (plain, sub):
+        m.eval()
+    torch.testing.assert_close(sub(x)[0], plain(x)[0])
+    # a target a trilinear stage cannot place: one bright output voxel in a dark volume
+    target = torch.zeros(2, 1, 16, 16, 16)
+    target[:, :, 7, 8, 9] = 1.0
+
+    def fit(m: VolumeDecoder) -> float:
+        m.train()
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+        for _ in range(150):
+            loss = (m(x)[0] - target).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        m.eval()
+        return (m(x)[0] - target).square().mean().item()
+
+    assert all(stage.detail.weight.abs().sum() == 0 for stage in sub.stages)
+    err_sub, err_plain = fit(sub), fit(plain)
+    assert all(stage.detail.weight.abs().sum() > 0 for stage in sub.stages)
+    assert err_sub < 0.5 * err_plain

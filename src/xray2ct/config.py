@@ -63,6 +63,8 @@ class ModelConfig:
     drop_path: float = 0.0  # stochastic depth rate in the transformer stack
     # geometry-aware skips: lift a finer encoder map of both views into every decoder stage
     lifted_skips: bool = False
+    # decoder stages add a learned value per 2x2x2 child voxel to trilinear upsampling (voxel shuffle)
+    subvoxel_detail: bool = False
 
     def __post_init__(self):
         _lists_to_tuples(self)

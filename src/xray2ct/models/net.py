@@ -6,6 +6,7 @@
       -> TransformerStack on G³ tokens  ||  EfficientNet3D branch (optional)
       -> CrossAttentionFusion (only with the CNN branch)
       -> VolumeDecoder (x2 per stage to N³)                volume, log_var (B, 1, N, N, N)
+           + learned sub-voxel detail per stage (optional, voxel shuffle)
            + LiftedSkip per stage (optional): the encoder map closest to the stage's
              resolution, lifted by geometry, added after the stage's upsampling
 
@@ -113,7 +114,7 @@ class XRay2CT(nn.Module):
             self.fusion = CrossAttentionFusion(dim, c.num_heads, c.key_dim, grid3, c.kv_pool)
         else:
             self.cnn, self.fusion = None, None
-        self.decoder = VolumeDecoder(dim, c.decoder_channels, cond_dim)
+        self.decoder = VolumeDecoder(dim, c.decoder_channels, cond_dim, subvoxel=c.subvoxel_detail)
         self.skips, self.skip_sources = None, ()
         if c.lifted_skips:
             # each decoder stage takes the encoder map whose side is closest to its own
