@@ -72,19 +72,26 @@ def ct_and_drr_montage(path, hu: np.ndarray, pa: np.ndarray, lat: np.ndarray, ti
     save_montage(path, panels, ncols=5, title=title, colorbar_label="HU")
 
 
-def plot_learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike, title: str | None = None) -> None:
-    """Validation PSNR and 3D SSIM against training time (minutes) from a run's metrics.csv."""
+def plot_learning_curve(runs: str | os.PathLike | dict[str, str | os.PathLike], path: str | os.PathLike,
+                        title: str | None = None) -> None:
+    """Validation PSNR and 3D SSIM against training time (minutes), else step, from the
+    metrics.csv of one run, or of several as {label: metrics.csv} (one line each)."""
     import csv
 
-    rows = list(csv.DictReader(open(metrics_csv)))
-    x_key = "elapsed_s" if rows and "elapsed_s" in rows[0] else "step"
-    x = [float(r[x_key]) / (60 if x_key == "elapsed_s" else 1) for r in rows]
+    runs = runs if isinstance(runs, dict) else {"": runs}
     fig, axes = pyplot().subplots(1, 2, figsize=(9, 3.4))
-    for ax, key, label in ((axes[0], "psnr", "val PSNR (dB)"), (axes[1], "ssim3d", "val 3D SSIM")):
-        ax.plot(x, [float(r[key]) for r in rows], marker="o", ms=3)
-        ax.set_xlabel("training time (min)" if x_key == "elapsed_s" else "step")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
+    for label, metrics_csv in runs.items():
+        with open(metrics_csv, newline="") as f:
+            rows = list(csv.DictReader(f))
+        timed = bool(rows) and "elapsed_s" in rows[0]
+        x = [float(r["elapsed_s"]) / 60 if timed else float(r["step"]) for r in rows]
+        for ax, key, ylabel in ((axes[0], "psnr", "val PSNR (dB)"), (axes[1], "ssim3d", "val 3D SSIM")):
+            ax.plot(x, [float(r[key]) for r in rows], marker="o", ms=3, label=label or None)
+            ax.set_xlabel("training time (min)" if timed else "step")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+    if len(runs) > 1:
+        axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
     save_figure(fig, path)

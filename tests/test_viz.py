@@ -1,0 +1,41 @@
+"""Plots from training runs: the learning curve of one run or several."""
+
+import numpy as np
+import pytest
+
+from xray2ct import viz
+
+
+def _csv(path, rows, timed=True):
+    head = "step,epoch,elapsed_s,psnr,ssim3d,mae_hu" if timed else "step,epoch,psnr,ssim3d,mae_hu"
+    lines = [head] + [
+        f"{s},{s // 100},{t},{p},{q},50" if timed else f"{s},{s // 100},{p},{q},50" for s, t, p, q in rows
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    figs = []
+    monkeypatch.setattr(viz, "save_figure", lambda fig, path: figs.append((fig, path)))
+    return figs
+
+
+def test_learning_curves_of_two_runs_against_minutes(tmp_path, captured):
+    a = _csv(tmp_path / "a.csv", [(100, 60, 22.0, 0.75), (200, 120, 24.0, 0.84)])
+    b = _csv(tmp_path / "b.csv", [(100, 90, 23.0, 0.80)])
+    viz.plot_learning_curve({"run a": a, "run b": b}, tmp_path / "c.png")
+    (fig, path), = captured
+    psnr, ssim = fig.axes[:2]
+    assert [line.get_label() for line in psnr.lines] == ["run a", "run b"]
+    np.testing.assert_allclose(psnr.lines[0].get_xdata(), [1.0, 2.0])  # seconds -> minutes
+    np.testing.assert_allclose(psnr.lines[0].get_ydata(), [22.0, 24.0])
+    np.testing.assert_allclose(ssim.lines[1].get_ydata(), [0.80])
+    assert psnr.get_xlabel() == "training time (min)"
+
+
+def test_run_without_times_is_plotted_against_steps_and_png_written(tmp_path):
+    run = _csv(tmp_path / "m.csv", [(100, 0, 22.0, 0.75), (200, 0, 24.0, 0.84)], timed=False)
+    viz.plot_learning_curve(run, tmp_path / "c.png", title="one run")
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
