@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+import typer
 from typer.testing import CliRunner
 
 from xray2ct.cli import app
@@ -123,6 +124,12 @@ def test_parse_variants():
         parse_variants("optimized,cga")
     with pytest.raises(QualityBenchmarkError):
         parse_variants(" , ")
+
+
+def test_cli_help_lists_every_variant():
+    benchmark = typer.main.get_command(app).commands["benchmark"]
+    help_text = next(p.help for p in benchmark.params if p.name == "variants")
+    assert re.findall(r"\b(?:optimized|baseline|mhsa|standard_layout|no_\w+)\b", help_text) == list(VARIANTS)
 
 
 def test_variants_train_without_validation_passes():

@@ -44,6 +44,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "no_multiscale": ("multi-scale K/V in CGA", {"model.use_multiscale": False}),
     "no_conditioning": ("adaptive conditioning", {"model.use_conditioning": False}),
     "no_projection_loss": ("projection-consistency loss", {"loss.projection_weight": 0.0}),
+    "no_subvoxel_detail": ("sub-voxel detail in the decoder", {"model.subvoxel_detail": False}),
 }
 
 # A tiny model for smoke runs (`xray2ct benchmark --quick`, tests): seconds per variant.
