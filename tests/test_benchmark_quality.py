@@ -142,3 +142,18 @@ def test_bad_inputs_name_the_problem(tmp_path, data):
         run_quality(data, budget_s=0)
     with pytest.raises(QualityBenchmarkError, match="splits.json"):
         run_quality(tmp_path, budget_s=1)
+
+
+def test_quality_table_shows_cuda_peak_memory_only_when_measured():
+    from xray2ct.benchmark import _timing
+    from xray2ct.quality import VariantResult, quality_table
+
+    metrics = {k: {"mean": 20.0, "ci95": [19.0, 21.0]} for k in ("psnr", "ssim3d", "mae_hu")}
+    cpu = [VariantResult("optimized", "nothing", 10**6, _timing([5.0, 6.0]), 3, 3, 1.0, metrics)]
+    assert "peak GiB" not in quality_table(cpu)
+    gpu = [VariantResult("optimized", "nothing", 10**6, _timing([5.0, 6.0]), 3, 3, 1.0, metrics, None, 1.234),
+           VariantResult("baseline", "every optimization", 2 * 10**6, _timing([9.0]), 3, 3, 2.0, metrics, None, 4.5)]
+    lines = quality_table(gpu).splitlines()
+    header = [c.strip() for c in lines[0].split("|")[1:-1]]
+    col = header.index("peak GiB (CUDA)")
+    assert [line.split("|")[1:-1][col].strip() for line in lines[2:]] == ["1.23", "4.50"]

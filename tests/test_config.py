@@ -18,7 +18,7 @@ from xray2ct.config import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {name: ROOT / "configs" / f"{name}.json" for name in ("optimized", "baseline", "cpu-small")}
+CONFIGS = {name: ROOT / "configs" / f"{name}.json" for name in ("optimized", "baseline", "cpu-small", "gpu-64")}
 SEED = Path("/work/shared/seed/config_optimized.json")
 SWITCHES = {"attention", "layout", "use_learnable_priors", "use_cnn_branch", "use_multiscale", "use_conditioning",
             "ffn_ratio"}
@@ -47,6 +47,14 @@ def test_shipped_configs_load_with_their_values():
     assert (small.model.volume_size, small.model.xray_img_size, small.model.grid) == (32, 128, 8)
     assert not small.optimization.use_mixed_precision
     assert len(small.model.decoder_channels) == 2  # 8³ -> 16³ -> 32³
+
+
+def test_gpu_64_is_the_optimized_model_with_the_cpu_small_recipe():
+    opt, small, gpu = (config_to_dict(load_config(CONFIGS[n])) for n in ("optimized", "cpu-small", "gpu-64"))
+    assert gpu["model"] == {**opt["model"], "subvoxel_detail": True}
+    assert gpu["training"] == {**small["training"], "num_epochs": 30}
+    assert gpu["loss"] == small["loss"] and gpu["geometry"] == opt["geometry"]
+    assert gpu["optimization"]["use_mixed_precision"] and gpu["data"]["augment"]
 
 
 def test_baseline_differs_from_optimized_only_in_the_switches():

@@ -146,3 +146,16 @@ def test_make_phantom_dataset_resumes_and_seeds_differ(tmp_path, monkeypatch):
     other, _ = load_volume(layout.volume_path(tmp_path / "b", "phantom_0000"))
     first, _ = load_volume(layout.volume_path(tmp_path / "a", "phantom_0000"))
     assert not np.array_equal(first, other)  # another seed, another dataset
+
+
+def test_phantom_workers_write_the_same_dataset(tmp_path):
+    make_phantom_dataset(tmp_path / "serial", n=3, size=16, seed=2, xray_size=24, progress=False)
+    make_phantom_dataset(tmp_path / "parallel", n=3, size=16, seed=2, xray_size=24, progress=False, workers=2)
+    for case_id in layout.find_cases(tmp_path / "serial"):
+        a, _ = load_volume(layout.volume_path(tmp_path / "serial", case_id))
+        b, _ = load_volume(layout.volume_path(tmp_path / "parallel", case_id))
+        np.testing.assert_array_equal(a, b)
+        for view in ("pa", "lat"):
+            assert (layout.xray_path(tmp_path / "serial", case_id, view).read_bytes()
+                    == layout.xray_path(tmp_path / "parallel", case_id, view).read_bytes())
+    assert (tmp_path / "serial/splits.json").read_text() == (tmp_path / "parallel/splits.json").read_text()

@@ -88,11 +88,25 @@ def test_run_folder_contents_and_validation(data, tmp_path):
         p.name for p in run.iterdir()}
     assert any((run / "tensorboard").iterdir())
     header = (run / "metrics.csv").read_text().splitlines()[0]
-    assert header == "step,epoch,elapsed_s,psnr,ssim3d,mae_hu"
+    assert header == "step,epoch,elapsed_s,psnr,ssim3d,mae_hu,samples_s,peak_gib"
+    assert result.samples_s > 0 and 0.1 < result.peak_gib < 24
+    for row in result.history:  # throughput of the epoch's training, and this process's peak RSS on CPU
+        assert row["samples_s"] > 0 and 0.1 < row["peak_gib"] < 24, row
     info = json.loads((run / "run_info.json").read_text())
-    assert info["versions"]["torch"].startswith("2.")
+    assert info["versions"]["torch"].startswith("2.") and info["device"].startswith("cpu")
     assert load(run / "config.json") == cfg
     assert result.best_psnr == max(h["psnr"] for h in result.history)
+
+
+def test_trains_without_tensorboard(data, tmp_path, monkeypatch, caplog):
+    from xray2ct.engine.train import train
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails, as where it is not installed
+    cfg = load_config(ROOT / "configs/cpu-small.json", overrides={**TINY, "training.num_epochs": 1})
+    result = train(cfg, tmp_path / "run", data_dir=data, device="cpu", progress=False)
+    assert result.epoch == 1 and (tmp_path / "run" / "metrics.csv").exists()
+    assert not (tmp_path / "run" / "tensorboard").exists()
+    assert "tensorboard is not installed" in caplog.text
 
 
 def test_nonfinite_losses_stop_with_message_and_keep_checkpoint(data, tmp_path, monkeypatch):

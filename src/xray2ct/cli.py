@@ -26,11 +26,12 @@ def phantoms(
     size: int = typer.Option(64, min=8, help="Volume size N (N³ voxels over a 320 mm field of view)."),
     seed: int = typer.Option(0, help="Dataset seed; the same seed gives the same phantoms."),
     xray_size: int = typer.Option(256, min=16, help="DRR detector size in pixels."),
+    workers: int = typer.Option(1, min=1, help="Processes writing cases in parallel (same dataset for any number)."),
 ):
     """Generate procedural chest phantoms with their PA and lateral DRRs, plus splits.json."""
     from xray2ct.data.prepare import make_phantom_dataset
 
-    ids = make_phantom_dataset(out, n=n, size=size, seed=seed, xray_size=xray_size, progress=True)
+    ids = make_phantom_dataset(out, n=n, size=size, seed=seed, xray_size=xray_size, progress=True, workers=workers)
     console.print(f"[green]{len(ids)} phantoms[/green] in {out} (splits in {out / 'splits.json'})")
 
 
@@ -99,7 +100,8 @@ def train(
     if result.stopped_early:
         console.print(f"[yellow]stopped:[/yellow] {result.stopped_early}")
     best = f"best val PSNR {result.best_psnr:.2f} dB" if result.history else "no validation yet"
-    console.print(f"step {result.step}, epoch {result.epoch}; {best}; checkpoints in {out}")
+    console.print(f"step {result.step}, epoch {result.epoch}; {best}; {result.samples_s:.1f} samples/s, "
+                  f"peak memory {result.peak_gib:.2f} GiB; checkpoints in {out}")
 
 
 @app.command()

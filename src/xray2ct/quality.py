@@ -12,6 +12,7 @@ those steps. Every variant is evaluated on the same held-out test split.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class VariantResult:
     train_s: float  # wall time of the whole train() call (data loading, checkpoints included)
     metrics: dict = field(default_factory=dict)  # evaluate()'s summary["metrics"]: name -> mean, ci95, n, ...
     run: Path | None = None
+    peak_gib: float = float("nan")  # CUDA max allocated in training; nan on CPU (a process's peak RSS only grows)
 
 
 def parse_variants(names: str | list[str] | None) -> list[str]:
@@ -189,7 +191,8 @@ def run_quality(data_dir: str | Path, *, config: str | Path = "configs/cpu-small
         ev = evaluate(run / "last.safetensors", data_dir, split="test", out=run / "eval_test", device=device,
                       montages=0, progress=False)
         results.append(VariantResult(name, VARIANTS[name][0], params[name], steps[name], max_steps, trained.step,
-                                     train_s, ev.summary["metrics"], run))
+                                     train_s, ev.summary["metrics"], run,
+                                     trained.peak_gib if device.startswith("cuda") else float("nan")))
     return results
 
 
@@ -202,11 +205,13 @@ def _mean_ci(m: dict, digits: int) -> str:
 def quality_table(results: list[VariantResult]) -> str:
     """Markdown table, one row per variant; ΔPSNR against the optimized variant when it ran."""
     ref = next((r for r in results if r.name == "optimized"), None)
+    memory = any(math.isfinite(r.peak_gib) for r in results)  # measured on CUDA only
     rows = []
     for r in results:
         delta = f"{r.metrics['psnr']['mean'] - ref.metrics['psnr']['mean']:+.2f}" if ref else "–"
         rows.append([f"`{r.name}`", r.off, f"{r.params / 1e6:.2f} M", str(r.step), r.steps, f"{r.train_s:.1f}",
-                     _mean_ci(r.metrics["psnr"], 2), _mean_ci(r.metrics["ssim3d"], 3),
-                     _mean_ci(r.metrics["mae_hu"], 1), delta])
-    return table(["variant", "turned off", "params", "train step ms", "steps", "train s", "PSNR dB",
-                  "3D SSIM", "MAE HU", "ΔPSNR vs optimized"], rows)
+                     *([f"{r.peak_gib:.2f}"] if memory else []), _mean_ci(r.metrics["psnr"], 2),
+                     _mean_ci(r.metrics["ssim3d"], 3), _mean_ci(r.metrics["mae_hu"], 1), delta])
+    return table(["variant", "turned off", "params", "train step ms", "steps", "train s",
+                  *(["peak GiB (CUDA)"] if memory else []), "PSNR dB", "3D SSIM", "MAE HU", "ΔPSNR vs optimized"],
+                 rows)

@@ -23,24 +23,50 @@ SEED_STRIDE = 100003  # prime > any dataset size: datasets from different seeds 
 
 
 def make_phantom_dataset(out: str | os.PathLike, n: int = 200, size: int = 64, seed: int = 0,
-                         xray_size: int = 256, progress: bool = True, fov_mm: float = 320.0) -> list[str]:
-    """Write n synthetic chest phantoms (ids phantom_0000, ...) under out; returns the ids."""
-    from xray2ct.data.phantoms import chest_phantom
+                         xray_size: int = 256, progress: bool = True, fov_mm: float = 320.0,
+                         workers: int = 1) -> list[str]:
+    """Write n synthetic chest phantoms (ids phantom_0000, ...) under out; returns the ids.
 
-    if n < 1 or size < 8:
-        raise ValueError(f"need n >= 1 and size >= 8, got n={n}, size={size}")
+    workers > 1 writes cases in that many processes; each case depends only on its own
+    seed, so the dataset is the same for any number of workers.
+    """
+    if n < 1 or size < 8 or workers < 1:
+        raise ValueError(f"need n >= 1, size >= 8 and workers >= 1, got n={n}, size={size}, workers={workers}")
     ids = [f"phantom_{i:04d}" for i in range(n)]
-    spacing = (fov_mm / size,) * 3
-    skipped = 0
-    for i, case_id in enumerate(tqdm(ids, desc="phantoms", unit="case", disable=not progress)):
-        if case_complete(out, case_id):
-            skipped += 1
-            continue
-        hu = chest_phantom(size, seed * SEED_STRIDE + i, fov_mm=fov_mm)
-        write_case(out, case_id, hu, spacing, xray_size=xray_size)
-    log.info("%s: %d phantoms written, %d already present", out, n - skipped, skipped)
+    todo = [(out, case_id, size, seed * SEED_STRIDE + i, fov_mm, xray_size)
+            for i, case_id in enumerate(ids) if not case_complete(out, case_id)]
+    bar = tqdm(total=n, initial=n - len(todo), desc="phantoms", unit="case", disable=not progress)
+    if workers == 1 or len(todo) < 2:
+        for job in todo:
+            _write_phantom(*job)
+            bar.update(1)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn: a forked child of a process that has used torch's thread pool can hang
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_one_thread) as pool:
+            for done in as_completed([pool.submit(_write_phantom, *job) for job in todo]):
+                done.result()  # re-raise a worker's error here
+                bar.update(1)
+    bar.close()
+    log.info("%s: %d phantoms written, %d already present", out, len(todo), n - len(todo))
     write_splits(out, seed=seed)
     return ids
+
+
+def _write_phantom(out, case_id: str, size: int, phantom_seed: int, fov_mm: float, xray_size: int) -> None:
+    from xray2ct.data.phantoms import chest_phantom
+
+    hu = chest_phantom(size, phantom_seed, fov_mm=fov_mm)
+    write_case(out, case_id, hu, (fov_mm / size,) * 3, xray_size=xray_size)
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the workers are the parallelism
 
 
 @dataclass

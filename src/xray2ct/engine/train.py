@@ -134,6 +134,8 @@ class TrainResult:
     best_psnr: float
     history: list = field(default_factory=list)
     stopped_early: str = ""
+    samples_s: float = float("nan")  # training samples per second in this call (all ranks), no validation
+    peak_gib: float = float("nan")  # peak_memory_gib() at the end
 
 
 class _StopSignal:
@@ -159,7 +161,7 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
-def _run_info(argv: list[str]) -> dict:
+def _run_info(argv: list[str], dev: torch.device) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -173,8 +175,37 @@ def _run_info(argv: list[str]) -> dict:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
             versions[pkg] = None
+    device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{dev.type}, {torch.get_num_threads()} threads"
     return {"command": argv, "git_commit": commit or None, "versions": versions, "python": sys.version.split()[0],
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "device": device, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def peak_memory_gib(dev: torch.device) -> float:
+    """Peak memory of this process so far: CUDA max allocated on a GPU, else peak RSS (Linux)."""
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**30
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return float("nan")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+class _NoWriter:
+    """Stands in for SummaryWriter where tensorboard is not installed: metrics.csv still has the numbers."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def _summary_writer(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed: no TensorBoard logs in %s (metrics.csv has the numbers); "
+                    "pip install tensorboard to get them", path)
+        return _NoWriter()
+    return SummaryWriter(str(path))
 
 
 def _atomic_json(path: Path, obj) -> None:
@@ -307,10 +338,8 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.json")
-        _atomic_json(out / "run_info.json", _run_info(argv))
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tensorboard"))
+        _atomic_json(out / "run_info.json", _run_info(argv, dev))
+        writer = _summary_writer(out / "tensorboard")
 
     def checkpoint(name: str) -> None:
         # every rank's RNG state, so each resumes its own stream; rank 0 writes
@@ -336,6 +365,9 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
     # of the last good step so one bad batch cannot poison evaluation or a checkpoint.
     good_buffers = [b.detach().clone() for b in raw_model.buffers()]
     started = time.monotonic()
+    train_s, samples = 0.0, 0  # this call's time in the training loop and samples seen there
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)  # peak of this run, not of whatever ran before in the process
     model.train()
     with _StopSignal() as stop:
         while slot < total_steps and step < limit and not stopped:
@@ -409,12 +441,16 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
                     break
                 if step >= limit:
                     break
+            epoch_s = time.monotonic() - t0
+            train_s, samples = train_s + epoch_s, samples + seen
             if slot % steps_per_epoch == 0 and slot // steps_per_epoch == epoch + 1 and not stopped:
                 done = epoch + 1  # epochs completed
                 if done % cfg.logging.val_interval == 0 or slot >= total_steps or step >= limit:
+                    samples_s = seen / max(epoch_s, 1e-9)  # this epoch's training, no validation
                     metrics = validate(raw_model, val_loader, dev, amp, info)
                     elapsed = round(elapsed_before + time.monotonic() - started, 1)  # training wall time
-                    history.append({"step": step, "epoch": done, "elapsed_s": elapsed, **metrics})
+                    history.append({"step": step, "epoch": done, "elapsed_s": elapsed, **metrics,
+                                    "samples_s": round(samples_s, 2), "peak_gib": round(peak_memory_gib(dev), 3)})
                     if info.is_main:
                         for k, v in metrics.items():
                             writer.add_scalar(f"val/{k}", v, step)
@@ -437,7 +473,8 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
         log.warning("%d batch(es) with non-finite loss were skipped", skipped)
     if diverged:
         raise TrainingStopped(stopped)
-    return TrainResult(out, step, slot // steps_per_epoch, best, history, stopped)
+    return TrainResult(out, step, slot // steps_per_epoch, best, history, stopped,
+                       samples / train_s if train_s > 0 else float("nan"), peak_memory_gib(dev))
 
 
 def _write_metrics_csv(path: Path, history: list[dict]) -> None:
