@@ -209,3 +209,23 @@ def test_reconstruction_loss_bad_input_is_named():
         loss({"volume": t}, t)
     with pytest.raises(ValueError, match="differ in shape"):
         loss({"volume": t[..., :8], "log_var": t[..., :8]}, t)
+
+
+def test_loss_is_float32_under_bf16_autocast():
+    """Under mixed precision the model's outputs are bf16; the loss must still be computed in
+    float32 (bf16 SSIM variances cancel: 1 - SSIM of a volume with itself came out 1.008)."""
+    cfg = load_config(ROOT / "configs" / "cpu-small.json", {"model.volume_size": 16, "model.decoder_channels": "[32]",
+                                                            "model.token_grid": 8})
+    loss = ReconstructionLoss.from_config(cfg)
+    t = phantom(16, batch=2)
+    g = torch.Generator().manual_seed(2)
+    pred = (t + 0.05 * torch.randn(t.shape, generator=g)).clamp(0, 1).bfloat16()  # what the model returns
+    out = {"volume": pred, "log_var": torch.zeros_like(pred)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp_total, amp_parts = loss(out, t)
+        assert abs(ssim3d_loss(t, t).item()) < 1e-6
+    fp32_total, fp32_parts = loss({k: v.float() for k, v in out.items()}, t)
+    assert amp_total.dtype == torch.float32
+    assert amp_total.item() == pytest.approx(fp32_total.item(), rel=1e-5)
+    for k in fp32_parts:
+        assert amp_parts[k].item() == pytest.approx(fp32_parts[k].item(), rel=1e-5, abs=1e-7), k

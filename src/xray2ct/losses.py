@@ -49,8 +49,13 @@ def ssim3d(pred: torch.Tensor, target: torch.Tensor, win_size: int = SSIM_WIN, s
             f"ssim3d needs two (B, C, D, H, W) volumes of one shape with sides >= {win_size}, "
             f"got {tuple(pred.shape)} and {tuple(target.shape)}"
         )
-    # float32: the local variances E[x²] - E[x]² cancel catastrophically in bf16/fp16.
-    x, y = pred.float(), target.float()
+    # float32, also under autocast (which would run the convolutions in bf16): the local
+    # variances E[x²] - E[x]² cancel catastrophically in bf16/fp16
+    with torch.autocast(pred.device.type, enabled=False):
+        return _ssim3d_fp32(pred.float(), target.float(), win_size, sigma, data_range)
+
+
+def _ssim3d_fp32(x: torch.Tensor, y: torch.Tensor, win_size: int, sigma: float, data_range: float) -> torch.Tensor:
     b, c = x.shape[:2]
     maps = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # (B, 5C, D, H, W)
     g = _gaussian_1d(win_size, sigma, maps)
@@ -165,9 +170,16 @@ class ReconstructionLoss(nn.Module):
         pred = out["volume"]
         if pred.shape != target.shape:
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        # every term in float32, as AMP expects of losses: under bf16 autocast the SSIM's
+        # variances cancelled and training went non-finite within a few steps (measured)
+        with torch.autocast(pred.device.type, enabled=False):
+            return self._terms({k: v.float() if torch.is_tensor(v) else v for k, v in out.items()}, target.float())
+
+    def _terms(self, out: dict, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pred = out["volume"]
         terms = {
             "l1": lambda: l1_loss(pred, target),
-            "mse": lambda: F.mse_loss(pred.float(), target.float()),
+            "mse": lambda: F.mse_loss(pred, target),
             "ssim": lambda: ssim3d_loss(pred, target),
             "uncertainty": lambda: self.uncertainty(pred, target, self._get(out, "log_var"), self._prior_log_std(out)),
             "projection": lambda: projection_consistency_loss(pred, target, self.geometry, self.mu_water),

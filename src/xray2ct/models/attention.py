@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 Grid = tuple[int, int, int]
 ATTENTION_KINDS = ("mhsa", "cga")
@@ -41,6 +42,20 @@ def tokens_to_grid(x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
         # channels-first off the CPU.
         y = y.contiguous()
     return y
+
+
+# cuDNN's fused attention is left out on CUDA: its bf16 backward failed ("mha_graph.execute(...)
+# .is_good()", then illegal memory accesses) for the grouped multi-scale heads at 64³, batch 4,
+# on an H100 with torch 2.11; the flash and memory-efficient kernels run those shapes.
+_CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """F.scaled_dot_product_attention, (B, h, N, d) q and (B, h, M, d) k, v -> (B, h, N, d_v)."""
+    if q.is_cuda:
+        with sdpa_kernel(_CUDA_SDPA_BACKENDS):
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 def grid_to_tokens(y: torch.Tensor) -> torch.Tensor:
@@ -90,9 +105,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> 
     elif d_v < d_k:
         v = F.pad(v, (0, d_k - d_v))
     # (B, L, d) -> (B, 1, L, d): SDPA's one-head layout; all three are dense here.
-    out = F.scaled_dot_product_attention(
-        q.unsqueeze(1), k.unsqueeze(1), v.contiguous().unsqueeze(1), scale=scale
-    )
+    out = sdpa(q.unsqueeze(1), k.unsqueeze(1), v.contiguous().unsqueeze(1), scale=scale)
     return out.squeeze(1)[..., :d_v]  # (B, 1, N, max(dk, dv)) -> (B, N, dv)
 
 
@@ -126,7 +139,7 @@ class MultiHeadSelfAttention(nn.Module):
         qkv = self.qkv(x).view(B, N, 3, h, C // h).permute(2, 0, 3, 1, 4)
         # dense copies: SDPA's CPU fast path is much slower on these strided views
         q, k, v = (t.contiguous() for t in qkv.unbind(0))
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, C/h), scale (C/h)^-0.5
+        y = sdpa(q, k, v)  # (B, h, N, C/h), scale (C/h)^-0.5
         y = y.transpose(1, 2).reshape(B, N, C)  # (B, h, N, C/h) -> (B, N, h, C/h) -> (B, N, C)
         return self.proj(y)
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xray2ct.models.attention import grid_to_tokens, tokens_to_grid
+from xray2ct.models.attention import grid_to_tokens, sdpa, tokens_to_grid
 from xray2ct.models.conditioning import init_near_zero_
 
 
@@ -57,7 +57,7 @@ class CrossAttention(nn.Module):
             c = grid_to_tokens(F.avg_pool3d(c, self.kv_pool, self.kv_pool, ceil_mode=True))
         q = self.q(self.norm_q(x)).view(B, N, h, d).transpose(1, 2).contiguous()  # (B, h, N, d)
         k, v = self.kv(c).view(B, -1, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, M', d)
-        y = F.scaled_dot_product_attention(q, k.contiguous(), v.contiguous())  # (B, h, N, d)
+        y = sdpa(q, k.contiguous(), v.contiguous())  # (B, h, N, d)
         return self.proj(y.transpose(1, 2).reshape(B, N, h * d))  # (B, h, N, d) -> (B, N, h*d) -> (B, N, dim)
 
 
