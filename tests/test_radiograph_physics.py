@@ -58,3 +58,12 @@ def test_scatter_lowers_contrast():
     fog = RadiographStyle(blur_px=0, scatter=0.5, noise=0, gamma=(1, 1), contrast=(1, 1), rotate_deg=0)
     out = torch.stack([fog(img, torch.Generator().manual_seed(s)) for s in range(5)])
     assert (out[..., 32, 32] - out[..., 2, 2]).max() < 1.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 4096])
+def test_percentile_equals_torch_quantile(n):
+    from xray2ct.physics.radiograph import percentile
+
+    x = torch.rand(3, 2, n, generator=torch.Generator().manual_seed(n)) ** 3
+    for pct in (0.0, 0.5, 12.5, 50.0, 99.5, 100.0):
+        torch.testing.assert_close(percentile(x, pct), torch.quantile(x, pct / 100, dim=-1), rtol=0, atol=1e-6)

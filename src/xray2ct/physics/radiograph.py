@@ -20,9 +20,24 @@ LOW_PCT, HIGH_PCT = 0.5, 99.5  # robust window: ignores collimator edges and bur
 def robust_normalize(img: torch.Tensor, low: float = LOW_PCT, high: float = HIGH_PCT) -> torch.Tensor:
     """Map each image's [low, high] percentile window to [0, 1], clipped. (..., H, W) -> same."""
     flat = img.float().flatten(-2)
-    q = torch.quantile(flat, torch.tensor([low / 100, high / 100], dtype=flat.dtype, device=flat.device), dim=-1)
-    lo, hi = q[0][..., None, None], q[1][..., None, None]
+    lo, hi = (percentile(flat, p)[..., None, None] for p in (low, high))
     return ((img - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+
+
+def percentile(flat: torch.Tensor, pct: float) -> torch.Tensor:
+    """torch.quantile(flat, pct / 100, dim=-1) (linear interpolation), (..., n) -> (...).
+
+    Two selections instead of a sort: 2x faster on a 512² image, where sorting took a
+    quarter of the data loader's time per case.
+    """
+    n = flat.shape[-1]
+    pos = pct / 100 * (n - 1)
+    k = int(pos)  # the interpolation runs between order statistics k and k + 1 (0-based)
+    below = flat.kthvalue(k + 1, dim=-1).values
+    if k + 1 >= n or pos == k:
+        return below
+    above = flat.kthvalue(k + 2, dim=-1).values
+    return torch.lerp(below, above, pos - k)
 
 
 def _gaussian_blur(img: torch.Tensor, sigma_px: float) -> torch.Tensor:
