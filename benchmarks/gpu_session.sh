@@ -10,7 +10,8 @@
 #
 #   bash benchmarks/gpu_session.sh OUT          # OUT: results (≤ 8 files, as the device tool returns)
 #   env: BUDGET (s of training per variant, 100), N (phantoms, 400), WORKERS (16), PY (python3),
-#        SITE (extra folder put on PYTHONPATH, e.g. nibabel and monai copied from a venv),
+#        SITE (extra folder put on PYTHONPATH: a machine without nibabel and monai gets them as
+#        `mkdir -p build/gpu_site && cp -r .venv/lib/python3.*/site-packages/{nibabel,monai} build/gpu_site`),
 #        DEVICE (cuda), QUICK=1 (tiny sizes: a smoke run of this script on a CPU)
 set -u
 OUT=${1:?usage: gpu_session.sh OUT}
@@ -33,9 +34,10 @@ log "phantoms: $N at $SIZE³, $XRAY² DRRs, $WORKERS workers"
 timeout 150 $X phantoms --out "$WORK/ph64" --n "$N" --size $SIZE --xray-size $XRAY --workers "$WORKERS" 2>&1 | tail -n 2
 
 log "quality suite at 64³: optimized vs baseline, $BUDGET s each"
-timeout $((2 * BUDGET + 150)) $X benchmark --suite quality --device $DEVICE $QUICK_FLAG --data "$WORK/ph64" \
+# the limit leaves room for data loading: at 512² the baseline's steps outran 8 loader workers (H100)
+timeout $((3 * BUDGET + 150)) $X benchmark --suite quality --device $DEVICE $QUICK_FLAG --data "$WORK/ph64" \
     --config configs/gpu-64.json --variants optimized,baseline --budget "$BUDGET" \
-    --runs "$WORK/runs" --out "$OUT/BENCHMARKS.md" 2>&1 | grep -v "it/s\]$"
+    --runs "$WORK/runs" --out "$OUT/BENCHMARKS.md" 2>&1
 
 log "model suite on $DEVICE"
 timeout 150 $X benchmark --suite model --device $DEVICE $QUICK_FLAG --out "$OUT/BENCHMARKS.md" 2>&1
