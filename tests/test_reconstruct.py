@@ -85,6 +85,19 @@ def test_upscaled_nifti_spacing(env, tmp_path):
     assert np.abs(hu - expected_hu(env, size)).max() <= 0.5 + 1e-3
 
 
+def test_preview_of_an_anisotropic_upscale_is_drawn_to_scale(env, tmp_path, monkeypatch):
+    import xray2ct.viz as viz
+
+    drawn, real = [], viz.save_montage
+    monkeypatch.setattr(viz, "save_montage", lambda path, panels, **kw: (drawn.extend(panels), real(path, panels, **kw)))
+    run(env, tmp_path / "up.nii.gz", upscale=(8, 12, 20), preview=tmp_path / "p.png")
+    assert len(drawn) == 6 and (tmp_path / "p.png").stat().st_size > 1000
+    for panel in drawn:  # the field of view is a cube: every slice is square in millimetres
+        rows, cols = panel["image"].shape
+        assert rows * panel["aspect"] == pytest.approx(cols), panel["title"]
+    assert {p["image"].shape for p in drawn} == {(12, 20), (8, 20), (8, 12)}
+
+
 def test_dicom_series_loads_back_with_simpleitk(env, tmp_path):
     import pydicom
     import SimpleITK as sitk

@@ -21,6 +21,13 @@ def plane_slice(vol: np.ndarray, plane: str, index: int | None = None) -> np.nda
     return np.take(vol, index, axis=axis)
 
 
+def plane_aspect(spacing, plane: str) -> float:
+    """Height / width of one pixel of `plane_slice(vol, plane)` for voxel spacing (d, h, w) in mm:
+    matplotlib's imshow aspect, so that an anisotropic volume is not drawn stretched."""
+    rows, cols = {"axial": (1, 2), "coronal": (0, 2), "sagittal": (0, 1)}[plane]
+    return float(spacing[rows]) / float(spacing[cols])
+
+
 def pyplot():
     """matplotlib.pyplot on the headless Agg backend (no display needed)."""
     import matplotlib
@@ -47,13 +54,15 @@ def uncertainty_scale(std_hu: np.ndarray) -> float:
 
 def save_montage(path: str | os.PathLike, panels: list[dict], ncols: int = 3, title: str | None = None,
                  colorbar_label: str | None = None, dpi: int = 110) -> None:
-    """Grid of images. Each panel: {"image": 2D array, "title": str, "cmap": str, "vmin", "vmax"}."""
+    """Grid of images. Each panel: {"image": 2D array, "title": str, "cmap": str, "vmin", "vmax",
+    "aspect": pixel height / width (default 1)}."""
     nrows = -(-len(panels) // ncols)
     fig, axes = pyplot().subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, p in zip(axes.flat, panels):
-        im = ax.imshow(p["image"], cmap=p.get("cmap", "gray"), vmin=p.get("vmin"), vmax=p.get("vmax"))
+        im = ax.imshow(p["image"], cmap=p.get("cmap", "gray"), vmin=p.get("vmin"), vmax=p.get("vmax"),
+                       aspect=p.get("aspect", 1.0))
         ax.set_title(p.get("title", ""), fontsize=9)
         if p.get("colorbar"):
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label(colorbar_label or "", fontsize=8)

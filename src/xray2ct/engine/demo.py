@@ -74,7 +74,8 @@ def run_demo(out: str | Path, device: str = "cpu") -> Iterator[str]:
         xrays = load_pair(ex.pa, ex.lat, cfg.model.xray_img_size)
         rec = reconstruct_pair(model, cfg, dev, xrays)
         save_volume(out / f"{ex.id}.nii.gz", rec.hu, rec.spacing, "nifti")
-        save_preview(out / f"{ex.id}_preview.png", rec.hu, rec.std_hu, title=f"{ex.id} (reconstruction)")
+        save_preview(out / f"{ex.id}_preview.png", rec.hu, rec.std_hu, title=f"{ex.id} (reconstruction)",
+                     spacing=rec.spacing)
         rows.append({"id": ex.id, **(ground_truth_metrics(rec.volume, ex.ct) if ex.ct is not None else {})})
     for r in rows:
         if "psnr" in r:

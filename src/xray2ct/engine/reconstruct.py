@@ -239,16 +239,19 @@ def _replace_folder(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_preview(path: Path, hu: np.ndarray, std_hu: np.ndarray | None = None, title: str | None = None) -> Path:
-    """Axial, coronal and sagittal mid-slices in HU (and of the uncertainty, when given), one PNG."""
-    from xray2ct.viz import PLANES, plane_slice, save_montage, uncertainty_scale
+def save_preview(path: Path, hu: np.ndarray, std_hu: np.ndarray | None = None, title: str | None = None,
+                 spacing=(1.0, 1.0, 1.0)) -> Path:
+    """Axial, coronal and sagittal mid-slices in HU (and of the uncertainty, when given), one PNG,
+    drawn to scale for voxel spacing (d, h, w) in mm."""
+    from xray2ct.viz import PLANES, plane_aspect, plane_slice, save_montage, uncertainty_scale
 
     panels = [{"image": plane_slice(hu, p), "title": f"CT {p}", "vmin": -1000, "vmax": 1000,
-               "colorbar": p == PLANES[-1]} for p in PLANES]
+               "colorbar": p == PLANES[-1], "aspect": plane_aspect(spacing, p)} for p in PLANES]
     if std_hu is not None:
         top = uncertainty_scale(std_hu)
         panels += [{"image": plane_slice(std_hu, p), "title": f"uncertainty (std) {p}", "cmap": "viridis",
-                    "vmin": 0, "vmax": top, "colorbar": p == PLANES[-1]} for p in PLANES]
+                    "vmin": 0, "vmax": top, "colorbar": p == PLANES[-1], "aspect": plane_aspect(spacing, p)}
+                   for p in PLANES]
     with _writing(path):
         save_montage(path, panels, ncols=3, title=title, colorbar_label="HU")
     return path
@@ -361,7 +364,7 @@ class _Job:
         if self.uncertainty is not None:
             save_volume(self.uncertainty, std, spacing, _format_of(self.uncertainty, "uncertainty"), dtype="float32")
         if self.preview is not None:
-            save_preview(self.preview, hu, std, title=title)
+            save_preview(self.preview, hu, std, title=title, spacing=spacing)
         if self.report is not None:
             from xray2ct.surface import try_bone_surface
 
