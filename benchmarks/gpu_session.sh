@@ -33,7 +33,7 @@ cp docs/BENCHMARKS.md "$OUT/BENCHMARKS.md"
 log "phantoms: $N at $SIZE³, $XRAY² DRRs, $WORKERS workers"
 timeout 150 $X phantoms --out "$WORK/ph64" --n "$N" --size $SIZE --xray-size $XRAY --workers "$WORKERS" 2>&1 | tail -n 2
 
-log "quality suite at 64³: optimized vs baseline, $BUDGET s each"
+log "quality suite at $SIZE³: optimized vs baseline, $BUDGET s each"
 # the limit leaves room for data loading: at 512² the baseline's steps outran 8 loader workers (H100)
 timeout $((3 * BUDGET + 150)) $X benchmark --suite quality --device $DEVICE $QUICK_FLAG --data "$WORK/ph64" \
     --config configs/gpu-64.json --variants optimized,baseline --budget "$BUDGET" \

@@ -210,17 +210,15 @@ def _peak_train_memory(config_path: str, overrides: dict, batch: int, device: st
     import sys
 
     code = f"""
-import json, resource, torch
+import json, torch
 from xray2ct.config import load_config
+from xray2ct.engine.train import peak_memory_gib
 from xray2ct.models import build_model
 cfg = load_config({config_path!r}, overrides=json.loads({json.dumps(json.dumps(overrides))}))
 m = build_model(cfg).to({device!r}); s = cfg.model.xray_img_size
 x = torch.rand({batch}, 2, s, s, device={device!r})
 out = m(x); (out["volume"].mean() + out["log_var"].mean()).backward()
-if {device!r}.startswith("cuda"):
-    print(torch.cuda.max_memory_allocated() / 2**30)
-else:
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+print(peak_memory_gib(torch.device({device!r})))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(r.stdout.strip().splitlines()[-1])

@@ -8,6 +8,7 @@ import numpy as np
 from xray2ct.fileio import atomic_path
 
 PLANES = ("axial", "coronal", "sagittal")
+PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}  # the (d, h, w) axis each plane cuts across
 
 
 def plane_slice(vol: np.ndarray, plane: str, index: int | None = None) -> np.ndarray:
@@ -16,7 +17,7 @@ def plane_slice(vol: np.ndarray, plane: str, index: int | None = None) -> np.nda
     axial (h, w): anterior at the top, patient right on the image's left;
     coronal (d, w) and sagittal (d, h): head at the top (sagittal: anterior on the left).
     """
-    axis = {"axial": 0, "coronal": 1, "sagittal": 2}[plane]
+    axis = PLANE_AXIS[plane]
     index = vol.shape[axis] // 2 if index is None else index
     return np.take(vol, index, axis=axis)
 
@@ -24,7 +25,7 @@ def plane_slice(vol: np.ndarray, plane: str, index: int | None = None) -> np.nda
 def plane_aspect(spacing, plane: str) -> float:
     """Height / width of one pixel of `plane_slice(vol, plane)` for voxel spacing (d, h, w) in mm:
     matplotlib's imshow aspect, so that an anisotropic volume is not drawn stretched."""
-    rows, cols = {"axial": (1, 2), "coronal": (0, 2), "sagittal": (0, 1)}[plane]
+    rows, cols = (a for a in range(3) if a != PLANE_AXIS[plane])  # the slice keeps the other two, in order
     return float(spacing[rows]) / float(spacing[cols])
 
 

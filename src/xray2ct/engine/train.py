@@ -181,12 +181,13 @@ def _run_info(argv: list[str], dev: torch.device) -> dict:
 
 
 def peak_memory_gib(dev: torch.device) -> float:
-    """Peak memory of this process so far: CUDA max allocated on a GPU, else peak RSS (Linux)."""
+    """Peak memory, GiB: CUDA max allocated on a GPU (since the last reset of its peak stats),
+    else this process's peak RSS (Linux)."""
     if dev.type == "cuda":
         return torch.cuda.max_memory_allocated(dev) / 2**30
     try:
         import resource
-    except ImportError:  # not on Windows
+    except ImportError:  # Windows has no resource module
         return float("nan")
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
