@@ -38,7 +38,8 @@ def result(setup, tmp_path_factory):
 def test_writes_per_case_csv_and_summary(result):
     with open(result.out / "per_case.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["id", "psnr", "ssim3d", "mae_hu", "x2ct_psnr", "x2ct_ssim", "proj_xray_mad", "proj_rel_l1"]
+    assert list(rows[0]) == ["id", "psnr", "ssim3d", "mae_hu", "x2ct_psnr", "x2ct_psnr_3d", "x2ct_ssim", "x2ct_mae",
+                             "x2ct_mse", "proj_xray_mad", "proj_rel_l1"]
     assert [r["id"] for r in rows] == [f"phantom_{i:04d}" for i in range(4)]  # every case once, batches of 3 + 1
     summary = json.loads((result.out / "summary.json").read_text())
     assert summary == json.loads(json.dumps(result.summary))
@@ -52,7 +53,9 @@ def test_writes_per_case_csv_and_summary(result):
         lo, hi = s["ci95"]
         assert lo < s["mean"] < hi
         assert s["protocol"] == METRICS[name][0]
-    assert summary["metrics"]["x2ct_psnr"]["protocol"] == "X2CT-GAN"
+    for name in ("x2ct_psnr", "x2ct_psnr_3d", "x2ct_ssim", "x2ct_mae", "x2ct_mse"):
+        assert summary["metrics"][name]["protocol"] == "X2CT-GAN"
+    assert "PSNR-avg" in summary["metrics"]["x2ct_psnr"]["description"]
     assert summary["metrics"]["psnr"]["protocol"] == "ours"
 
 

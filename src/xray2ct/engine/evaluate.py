@@ -2,7 +2,9 @@
 
 Metrics per case (METRICS below lists unit and protocol of each):
   ours            psnr, ssim3d, mae_hu                 (xray2ct.metrics, DESIGN.md)
-  X2CT-GAN        x2ct_psnr, x2ct_ssim                 (their protocol, for published numbers)
+  X2CT-GAN        x2ct_psnr (PSNR-avg, the published tables' PSNR), x2ct_psnr_3d,
+                  x2ct_ssim (SSIM-avg), x2ct_mae, x2ct_mse: their evaluation code's
+                  definitions (xray2ct.metrics), for comparison with published numbers
   projection      proj_xray_mad: the prediction re-projected with the model's own geometry
                   and normalized like a DRR, vs the X-ray images the model was given: mean
                   |difference| in [0, 1] image units. Says whether the volume explains its
@@ -35,8 +37,13 @@ METRICS = {
     "psnr": ("ours", "dB", True, "PSNR on normalized CT, data range 1"),
     "ssim3d": ("ours", "", True, "3D SSIM, 7^3 Gaussian window (MONAI semantics)"),
     "mae_hu": ("ours", "HU", False, "mean absolute error in Hounsfield units"),
-    "x2ct_psnr": ("X2CT-GAN", "dB", True, "X2CT-GAN protocol: PSNR on HU+1024 clipped to [0,2500], peak 4095"),
-    "x2ct_ssim": ("X2CT-GAN", "", True, "X2CT-GAN protocol: mean 2D SSIM over slices along the three axes"),
+    "x2ct_psnr": ("X2CT-GAN", "dB", True, "X2CT-GAN protocol PSNR-avg (published tables): per-slice PSNR, peak "
+                  "4095, on HU+1024 clipped to [0,2500] and truncated, averaged over slices and the three axes"),
+    "x2ct_psnr_3d": ("X2CT-GAN", "dB", True, "X2CT-GAN protocol psnr-3d: whole-volume PSNR, peak 4095, same values"),
+    "x2ct_ssim": ("X2CT-GAN", "", True, "X2CT-GAN protocol SSIM-avg: scikit-image SSIM on [0,1] (7x7 uniform, "
+                  "data range 1), slices of each axis as channels, averaged over the three axes"),
+    "x2ct_mae": ("X2CT-GAN", "HU", False, "X2CT-GAN protocol MAE on the truncated HU+1024 integers"),
+    "x2ct_mse": ("X2CT-GAN", "HU^2", False, "X2CT-GAN protocol MSE on the truncated HU+1024 integers"),
     "proj_xray_mad": ("projection", "image [0,1]", False,
                       "mean |normalized DRR of prediction - input X-ray| over both views"),
     "proj_rel_l1": ("projection", "", False,
