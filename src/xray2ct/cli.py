@@ -270,10 +270,20 @@ def demo(
         console.print(line, soft_wrap=True)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (e.g. swapped views) as one line, without Python's source-line echo."""
+    from rich.markup import escape
+
+    console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True)
+
+
 def main() -> None:
     """Console entry point: user errors become one clear line, not a traceback."""
+    import warnings
+
     from xray2ct.errors import USER_ERRORS
 
+    warnings.showwarning = _show_warning
     try:
         app()
     except USER_ERRORS as e:

@@ -310,13 +310,18 @@ def _check_upscale(upscale) -> tuple[int, int, int] | None:
 
 
 def load_pair(pa, lat, size: int) -> torch.Tensor:
-    """Two radiograph files -> (1, 2, size, size), PA then lateral."""
+    """Two radiograph files -> (1, 2, size, size), PA then lateral; warns when they look swapped."""
+    from xray2ct.data.viewcheck import check_views
     from xray2ct.data.xrayio import load_xray
 
     pa, lat = Path(pa), Path(lat)
     if pa.exists() and lat.exists() and pa.resolve() == lat.resolve():
         warnings.warn(f"{pa} is given as both the PA and the lateral X-ray", stacklevel=3)
-    return torch.stack([load_xray(pa, size=size), load_xray(lat, size=size)])[None]
+    pa_img, lat_img = load_xray(pa, size=size), load_xray(lat, size=size)
+    swapped = check_views(pa_img, lat_img, pa_name=f"--pa {pa}", lat_name=f"--lat {lat}")
+    if swapped:
+        warnings.warn(swapped, stacklevel=3)
+    return torch.stack([pa_img, lat_img])[None]
 
 
 @dataclass
