@@ -39,3 +39,23 @@ def test_run_without_times_is_plotted_against_steps_and_png_written(tmp_path):
     run = _csv(tmp_path / "m.csv", [(100, 0, 22.0, 0.75), (200, 0, 24.0, 0.84)], timed=False)
     viz.plot_learning_curve(run, tmp_path / "c.png", title="one run")
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_orientation_labels_name_the_patient_side_at_each_edge_of_the_slice():
+    # radiological convention: axial seen from the feet (patient right on the image's left), anterior up;
+    # coronal head up, right on the left; sagittal head up, anterior on the left
+    assert viz.orientation_labels("axial") == {"top": "A", "bottom": "P", "left": "R", "right": "L"}
+    assert viz.orientation_labels("coronal") == {"top": "S", "bottom": "I", "left": "R", "right": "L"}
+    assert viz.orientation_labels("sagittal") == {"top": "S", "bottom": "I", "left": "A", "right": "P"}
+    # and they agree with the pixels plane_slice returns: index 0 of d, h, w is head, front, patient right
+    first = {"S": 0, "A": 1, "R": 2}
+    shape = (4, 5, 6)
+    for plane in viz.PLANES:
+        labels = viz.orientation_labels(plane)
+        for axis_side, axis in first.items():
+            if axis == viz.PLANE_AXIS[plane]:
+                continue
+            coord = np.broadcast_to(np.arange(shape[axis]).reshape([-1 if a == axis else 1 for a in range(3)]), shape)
+            img = viz.plane_slice(coord, plane)
+            edges = {"top": img[0], "bottom": img[-1], "left": img[:, 0], "right": img[:, -1]}
+            assert [e for e, v in edges.items() if (v == 0).all()] == [k for k, s in labels.items() if s == axis_side]

@@ -22,11 +22,30 @@ def plane_slice(vol: np.ndarray, plane: str, index: int | None = None) -> np.nda
     return np.take(vol, index, axis=axis)
 
 
+def plane_axes(plane: str) -> tuple[int, int]:
+    """The (d, h, w) axes along the rows and the columns of `plane_slice(vol, plane)`."""
+    rows, cols = (a for a in range(3) if a != PLANE_AXIS[plane])  # the slice keeps the other two, in order
+    return rows, cols
+
+
 def plane_aspect(spacing, plane: str) -> float:
     """Height / width of one pixel of `plane_slice(vol, plane)` for voxel spacing (d, h, w) in mm:
     matplotlib's imshow aspect, so that an anisotropic volume is not drawn stretched."""
-    rows, cols = (a for a in range(3) if a != PLANE_AXIS[plane])  # the slice keeps the other two, in order
+    rows, cols = plane_axes(plane)
     return float(spacing[rows]) / float(spacing[cols])
+
+
+# The patient's side at the start and at the end of each volume axis (d, h, w): superior/inferior,
+# anterior/posterior, right/left.
+AXIS_SIDES = (("S", "I"), ("A", "P"), ("R", "L"))
+
+
+def orientation_labels(plane: str) -> dict[str, str]:
+    """The patient's side at each edge of `plane_slice(vol, plane)` ({"top", "bottom", "left",
+    "right"} -> "S"/"I"/"A"/"P"/"R"/"L"): the letters a viewer writes on the slice's edges."""
+    rows, cols = plane_axes(plane)
+    return {"top": AXIS_SIDES[rows][0], "bottom": AXIS_SIDES[rows][1],
+            "left": AXIS_SIDES[cols][0], "right": AXIS_SIDES[cols][1]}
 
 
 def pyplot():

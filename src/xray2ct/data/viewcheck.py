@@ -58,14 +58,16 @@ def pa_likeness(img) -> float:
     return symmetry - off_centre
 
 
-def check_views(pa_img, lat_img, pa_name: str = "the PA", lat_name: str = "the lateral") -> str | None:
+def check_views(pa_img, lat_img, pa_name: str = "the PA", lat_name: str = "the lateral",
+                fix: str = "Give the frontal film as --pa and the side view as --lat") -> str | None:
     """A warning message when the two views look swapped, else None.
 
     pa_img, lat_img: grey images (H, W), bones bright (numpy or torch), e.g. `load_xray`'s output.
+    fix: the advice in the message (the web app speaks of uploads, not options).
     """
     pa, lat = pa_likeness(pa_img), pa_likeness(lat_img)
     if lat - pa <= SWAP_MARGIN:
         return None
     return (f"{pa_name} looks like a lateral and {lat_name} looks like a PA (frontal) view: were the views "
-            f"swapped? Give the frontal film as --pa and the side view as --lat (PA-likeness {pa:.2f} vs "
+            f"swapped? {fix} (PA-likeness {pa:.2f} vs "
             f"{lat:.2f}); a swapped pair reconstructs a wrong volume")
