@@ -238,3 +238,45 @@ def test_configs_are_frozen():
     cfg = Config()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.model.voxel_dim = 3
+
+
+@pytest.mark.parametrize("key", ["training.learning_rate", "training.weight_decay", "loss.l1_weight",
+                                 "model.ffn_ratio", "geometry.mu_water", "geometry.fov_mm"])
+@pytest.mark.parametrize("value", ["Infinity", "NaN", "-Infinity"])
+def test_every_float_must_be_finite(key, value):
+    # JSON (and --set) accept Infinity and NaN; a NaN compares false with every bound
+    with pytest.raises(ConfigError, match=rf"{key} must be a finite number"):
+        load_config(CONFIGS["cpu-small"], {key: value})
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"model.voxel_dim": "1000000000000"}, ["model.voxel_dim must be <= 4096", "GiB activation"]),
+    ({"model.volume_size": "4096"}, ["model.volume_size must be <= 512"]),
+    ({"training.batch_size": "100000000"}, ["training.batch_size must be <= 4096"]),
+    ({"model.encoder_channels": "[16, 32, 64, 100000]"}, ["model.encoder_channels", "at most 4096"]),
+    ({"model.volume_size": "512", "model.decoder_channels": "[4096, 4096]"}, ["volume_size³ × decoder width"]),
+    ({"training.seed": str(2**40)}, ["training.seed must be <="]),
+])
+def test_huge_sizes_are_config_errors_not_allocations(overrides, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(CONFIGS["cpu-small"], overrides)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_info_refuses_a_huge_model_without_allocating(tmp_path):
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "xray2ct"
+    d = cpu_small_dict()
+    d["model"]["voxel_dim"] = 10**12
+    r = subprocess.run([str(exe), "info", "--config", str(write(tmp_path, d))], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "model.voxel_dim must be <= 4096" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([str(exe), "info", "--config", str(CONFIGS["cpu-small"]), "--set", "model.voxel_dim=1e12"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "model.voxel_dim" in r.stderr and "Traceback" not in r.stderr
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 2 * 2**20  # KiB: no attempt to allocate

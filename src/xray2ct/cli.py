@@ -180,11 +180,14 @@ def reconstruct(
 
 
 @app.command()
-def info(config: Path = typer.Option(..., help="JSON config file.")):
+def info(
+    config: Path = typer.Option(..., help="JSON config file."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config value, e.g. --set model.voxel_dim=96."),
+):
     """Parameters per component, token count, FLOPs and activation memory of a config's model."""
     from xray2ct.config import load_config
 
-    cfg = load_config(config)
+    cfg = load_config(config, overrides=_parse_sets(set_))
     from xray2ct.models.summary import model_summary, summary_rows
 
     table = Table("", "value", title=str(config))

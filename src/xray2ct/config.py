@@ -30,6 +30,22 @@ ATTENTION_KINDS = ("mhsa", "cga")
 LAYOUTS = ("sandwich", "standard")
 XRAY_STRIDE = 16  # the 2D encoder downsamples X-rays by 16; their side must divide by it
 
+# Upper bounds on sizes, so a typo (an extra zero, 1e12) is a config error naming the key
+# instead of an attempt to allocate terabytes. Each is far above any model this package
+# can train: optimized.json uses 64³ volumes, 512² X-rays and 256-wide tokens.
+MAX_INT = {
+    "model.volume_size": 512, "model.xray_img_size": 4096, "model.voxel_dim": 4096, "model.num_heads": 256,
+    "model.num_attn_blocks": 64, "model.num_ffn_blocks": 64, "model.xray_feature_dim": 4096,
+    "model.token_grid": 512, "model.key_dim": 1024, "model.kv_pool": 64, "model.cnn_expand": 16,
+    "training.num_epochs": 100_000, "training.batch_size": 4096, "training.warmup_epochs": 100_000,
+    "training.grad_accum_steps": 4096, "training.seed": 2**32 - 1, "training.max_bad_steps": 1_000_000,
+    "data.max_patients": 10**9, "data.num_workers": 256, "data.prefetch_factor": 1024,
+}
+MAX_CHANNELS = 4096  # each entry of model.encoder_channels / decoder_channels
+MAX_STAGES = 8  # entries of model.encoder_channels / decoder_channels
+MAX_FFN_RATIO = 16.0
+MAX_ACTIVATION = 2**31  # elements of the largest activation of one sample (8 GiB in float32)
+
 
 class ConfigError(UserError, ValueError):
     """A config file or override is invalid; the message names the file and key."""
@@ -305,7 +321,7 @@ def validate_config(cfg: Config, source: str = "<config>") -> None:
 
     weights = {f.name: getattr(lo, f.name) for f in fields(lo)}
     for key, w in weights.items():
-        need(w >= 0 and math.isfinite(w), f"loss.{key} must be a finite number >= 0, got {w}")
+        need(not w < 0, f"loss.{key} must be >= 0, got {w}")  # NaN/inf: _check_bounds names them
     need(any(w > 0 for w in weights.values()), "at least one loss weight must be > 0")
 
     need(d.max_patients >= 1, f"data.max_patients must be >= 1, got {d.max_patients}")
@@ -323,8 +339,39 @@ def validate_config(cfg: Config, source: str = "<config>") -> None:
     need(g.fov_mm / 2 < g.source_iso_mm,
          f"geometry.fov_mm/2 ({g.fov_mm / 2}) must be smaller than geometry.source_iso_mm ({g.source_iso_mm})")
 
+    _check_bounds(cfg, need)
     if errors:
         raise ConfigError(f"invalid config {source}:\n  - " + "\n  - ".join(errors))
+
+
+def _check_bounds(cfg: Config, need) -> None:
+    """Every float finite; sizes below MAX_INT and friends; no activation beyond MAX_ACTIVATION."""
+    for name in SECTIONS:
+        section = getattr(cfg, name)
+        for f in fields(section):
+            value, key = getattr(section, f.name), f"{name}.{f.name}"
+            if isinstance(value, float):
+                need(math.isfinite(value), f"{key} must be a finite number, got {value}")
+            elif key in MAX_INT:
+                need(value <= MAX_INT[key], f"{key} must be <= {MAX_INT[key]}, got {value}")
+    m = cfg.model
+    need(m.ffn_ratio <= MAX_FFN_RATIO, f"model.ffn_ratio must be <= {MAX_FFN_RATIO:g}, got {m.ffn_ratio}")
+    for key in ("encoder_channels", "decoder_channels"):
+        widths = getattr(m, key)
+        need(len(widths) <= MAX_STAGES and max(widths, default=0) <= MAX_CHANNELS,
+             f"model.{key} must have at most {MAX_STAGES} entries of at most {MAX_CHANNELS}, got {list(widths)}")
+    # Each size may be sane while their product is not: bound the largest tensors of one
+    # sample (the token grid at full width, the decoder's full-resolution volume, the
+    # encoder's first, stride-2 feature maps of both views).
+    biggest = {
+        "token grid³ × max(voxel_dim, xray_feature_dim)": max(m.grid, 1) ** 3 * max(m.voxel_dim, m.xray_feature_dim),
+        "volume_size³ × decoder width": m.volume_size**3 * max(m.decoder_channels, default=1),
+        "(xray_img_size/2)² × encoder width × 2 views": (m.xray_img_size // 2) ** 2 * max(m.encoder_channels,
+                                                                                           default=1) * 2,
+    }
+    for what, elements in biggest.items():
+        need(elements <= MAX_ACTIVATION, f"model sizes imply a {elements * 4 / 2**30:,.0f} GiB activation per sample "
+             f"({what}); the limit is {MAX_ACTIVATION * 4 / 2**30:.0f} GiB: reduce the sizes")
 
 
 def _check_grid(m: ModelConfig, need) -> None:
