@@ -75,6 +75,10 @@ def save_checkpoint(folder: str | Path, name: str, model: nn.Module, config, ste
 
     folder = Path(folder)
     weights = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+    bad = non_finite(weights)
+    if bad:  # a diverged model must not replace the last good checkpoint
+        raise CheckpointError(f"{folder / name}.safetensors not written: {_names(bad)} hold NaN or infinite values "
+                              "(training diverged; lower the learning rate). The previous checkpoint is intact")
     meta = {"format": FORMAT, "config": json.dumps(config_to_dict(config)), "step": str(step), "epoch": str(epoch)}
     state_path = _state_path(folder / f"{name}.safetensors", step)
     if training_state is not None:
@@ -86,6 +90,15 @@ def save_checkpoint(folder: str | Path, name: str, model: nn.Module, config, ste
         if old != state_path:
             old.unlink(missing_ok=True)
     return folder / f"{name}.safetensors"
+
+
+def non_finite(weights: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _names(items: list[str], shown: int = 6) -> str:
+    return f"{len(items)} tensor(s) ({', '.join(items[:shown])}{' …' if len(items) > shown else ''})"
 
 
 def _state_path(weights_path: Path, step: int) -> Path:
@@ -124,8 +137,23 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from e
     if meta.get("format") != FORMAT or "config" not in meta:
         raise CheckpointError(f"{path}: not an xray2ct checkpoint (no '{FORMAT}' metadata with a config)")
-    config = config_from_dict(json.loads(meta["config"]), source=str(path))
-    return Checkpoint(weights, config, int(meta.get("step", 0)), int(meta.get("epoch", 0)), path)
+    try:
+        raw = json.loads(meta["config"])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: the config in its metadata is not valid JSON ({e.msg} at character "
+                              f"{e.pos}); the file is damaged or was not written by xray2ct") from None
+    config = config_from_dict(raw, source=f"the config in {path}")
+    counters = {}
+    for key in ("step", "epoch"):
+        value = meta.get(key, "0")
+        if not (value.isascii() and value.isdigit()):  # metadata is text; anything but a count is damage
+            raise CheckpointError(f"{path}: metadata {key}={value!r} is not a non-negative integer")
+        counters[key] = int(value)
+    bad = non_finite(weights)
+    if bad:
+        raise CheckpointError(f"{path}: {_names(bad)} hold NaN or infinite values; these weights would "
+                              "reconstruct nothing. Use an earlier checkpoint (e.g. best.safetensors)")
+    return Checkpoint(weights, config, counters["step"], counters["epoch"], path)
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

@@ -89,6 +89,11 @@ def load_for_inference(checkpoint: str | os.PathLike | None, device: str = "auto
 def predict(model: torch.nn.Module, xrays: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """xrays (B, 2, S, S) -> volume (B, 1, N, N, N) in [0, 1], log_var (same) or None; float32 on CPU."""
     out = model(xrays.to(device))
+    for key in ("volume", "log_var"):
+        if out.get(key) is not None and not bool(torch.isfinite(out[key]).all()):  # clamp hides NaN as 0 HU
+            bad = int((~torch.isfinite(out[key])).sum())
+            raise ReconstructionError(f"the model's {key} output holds {bad} NaN or infinite value(s); no volume "
+                                      "was written (damaged weights, or inputs far from what it was trained on)")
     volume = out["volume"].float().clamp(0, 1).cpu()  # the target window; outside it HU mean nothing
     log_var = out.get("log_var")
     return volume, None if log_var is None else log_var.float().cpu()
