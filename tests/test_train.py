@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from xray2ct.config import load_config
 from xray2ct.data.prepare import make_phantom_dataset
+from xray2ct.errors import UserError
 
 from _tiny import TINY_MODEL
 
@@ -141,7 +142,7 @@ def test_sigterm_saves_and_exits_cleanly(data, tmp_path):
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, output
+    assert proc.returncode == 128 + signal.SIGTERM, output  # saved, but not finished: a supervisor must see it
     assert "SIGTERM" in output
     assert _step(run) > 0
 
@@ -217,3 +218,53 @@ def test_no_data_anywhere_generates_cached_phantoms(tmp_path, monkeypatch):
     assert (folder / "splits.json").is_file() and len([p for p in folder.iterdir() if p.is_dir()]) == 4
     mtime = (folder / "splits.json").stat().st_mtime
     assert default_data_dir(cfg, n=4, seed=1) == folder and (folder / "splits.json").stat().st_mtime == mtime
+
+
+def _one_step(data, out, **kw):
+    from xray2ct.engine.train import train
+
+    overrides = {**TINY, "logging.checkpoint_every_steps": 1, **kw.pop("overrides", {})}
+    cfg = load_config(ROOT / "configs/cpu-small.json", overrides=overrides)
+    return train(cfg, out, data_dir=data, device="cpu", progress=False, max_steps=kw.pop("max_steps", 1), **kw)
+
+
+def test_existing_run_is_refused_unless_resume_or_overwrite(data, tmp_path):
+    from xray2ct.engine.runfolder import RunFolderError
+
+    run = tmp_path / "run"
+    _one_step(data, run, max_steps=5)  # one epoch: best, last and metrics.csv
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert {"best.safetensors", "last.safetensors", "metrics.csv"} <= set(before)
+    with pytest.raises(RunFolderError, match="already holds a training run.*--resume.*--overwrite"):
+        _one_step(data, run)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # untouched
+    with pytest.raises(UserError, match="give one of them"):
+        _one_step(data, run, resume=True, overwrite=True)
+    result = _one_step(data, run, overwrite=True)
+    assert result.step == 1 and _step(run) == 1
+    # the old run's best checkpoint and metrics are gone, not mixed into the new run
+    assert not (run / "best.safetensors").exists() and not (run / "metrics.csv").exists()
+    # an empty folder, or one where a run was killed before its first checkpoint, is not a run
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "run_info.json").write_text("{}")
+    assert _one_step(data, fresh).step == 1
+
+
+def test_resume_refuses_another_model_or_recipe_and_names_the_changes(data, tmp_path, caplog):
+    import logging
+
+    from xray2ct.engine.runfolder import RunFolderError
+
+    run = tmp_path / "run"
+    _one_step(data, run)
+    for key, value in (("model.volume_size", 32), ("training.learning_rate", 3e-4), ("training.batch_size", 4)):
+        with pytest.raises(RunFolderError) as e:
+            _one_step(data, run, resume=True, max_steps=2, overrides={key: value})
+        assert f"{key}: " in str(e.value) and "config.json" in str(e.value), str(e.value)
+        assert _step(run) == 1
+    with caplog.at_level(logging.INFO):
+        result = _one_step(data, run, resume=True, max_steps=2,
+                           overrides={"training.num_epochs": 4, "logging.log_interval": 3})
+    assert result.step == 2
+    assert "training.num_epochs: 2 -> 4" in caplog.text and "logging.log_interval: 1 -> 3" in caplog.text

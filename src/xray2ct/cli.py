@@ -80,7 +80,10 @@ def train(
                                         "phantoms generated into ~/.cache/xray2ct."),
     out: Path = typer.Option(Path("runs/train"), help="Run folder: checkpoints, metrics.csv, tensorboard/, config."),
     set_: List[str] = typer.Option([], "--set", help="Override a config value, e.g. --set training.num_epochs=3."),
-    resume: bool = typer.Option(False, help="Continue exactly from OUT/last.safetensors."),
+    resume: bool = typer.Option(False, help="Continue exactly from OUT/last.safetensors (the config may differ "
+                                "only in epochs, logging and data loading)."),
+    overwrite: bool = typer.Option(False, help="Replace the run already in OUT (its checkpoints and metrics are "
+                                   "deleted); without it or --resume, an existing run is refused."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     max_steps: Optional[int] = typer.Option(None, min=1, help="Stop after this many optimizer steps."),
     time_budget: Optional[float] = typer.Option(None, help="Stop (with a checkpoint) after this many seconds."),
@@ -94,7 +97,7 @@ def train(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(config, overrides=_parse_sets(set_))
     result = run_training(cfg, out, data_dir=data, resume=resume, device=device, max_steps=max_steps,
-                          time_budget_s=time_budget)
+                          time_budget_s=time_budget, overwrite=overwrite)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     if result.stopped_early:
@@ -102,6 +105,10 @@ def train(
     best = f"best val PSNR {result.best_psnr:.2f} dB" if result.history else "no validation yet"
     console.print(f"step {result.step}, epoch {result.epoch}; {best}; {result.samples_s:.1f} samples/s, "
                   f"peak memory {result.peak_gib:.2f} GiB; checkpoints in {out}")
+    if result.stop_signal:  # saved and resumable, but a supervisor must see the run did not finish
+        import signal
+
+        raise typer.Exit(128 + signal.Signals[result.stop_signal].value)
 
 
 @app.command()

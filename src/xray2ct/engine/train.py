@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from xray2ct.checkpoint import load_checkpoint, load_training_state, load_weights, rng_state, save_checkpoint, set_rng_state
 from xray2ct.config import Config, save_config
 from xray2ct.engine import distributed as D
+from xray2ct.engine.runfolder import check_resume_config, prepare_fresh_run
 from xray2ct.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class TrainResult:
     stopped_early: str = ""
     samples_s: float = float("nan")  # training samples per second in this call (all ranks), no validation
     peak_gib: float = float("nan")  # peak_memory_gib() at the end
+    stop_signal: str = ""  # "SIGTERM" / "SIGINT" when a signal stopped the run (after its checkpoint)
 
 
 class _StopSignal:
@@ -244,7 +246,7 @@ def validate(model, loader, device, amp, info: D.DistInfo = D.DistInfo()) -> dic
 def train(cfg: Config, out: str | Path, data_dir: str | Path | None = None, resume: bool = False,
           device: str = "auto", progress: bool = True, max_steps: int | None = None,
           time_budget_s: float | None = None, argv: list[str] | None = None,
-          schedule_steps: int | None = None) -> TrainResult:
+          schedule_steps: int | None = None, overwrite: bool = False) -> TrainResult:
     """Train cfg's model; write checkpoints, metrics.csv, TensorBoard logs and run info to `out`.
 
     max_steps: stop after this many optimizer steps in total (counting resumed ones).
@@ -252,6 +254,9 @@ def train(cfg: Config, out: str | Path, data_dir: str | Path | None = None, resu
     schedule_steps: the run's length in optimizer steps instead of num_epochs × steps per
         epoch; the warmup + cosine schedule ends there (warmup keeps its fraction
         warmup_epochs / num_epochs), so a run of any length anneals fully.
+    resume / overwrite: continue the run in `out` (its config may differ only in
+        `runfolder.SAFE_ON_RESUME`) / replace it; without either, a folder that holds a run
+        is refused.
     """
     from xray2ct.losses import ReconstructionLoss
     from xray2ct.models import build_model
@@ -261,14 +266,28 @@ def train(cfg: Config, out: str | Path, data_dir: str | Path | None = None, resu
     info = D.init_distributed(dev)
     try:
         return _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budget_s, argv or sys.argv,
-                      build_model, ReconstructionLoss, schedule_steps)
+                      build_model, ReconstructionLoss, schedule_steps, overwrite)
     finally:
         D.shutdown()
 
 
 def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budget_s, argv, build_model, Loss,
-           schedule_steps=None):
+           schedule_steps=None, overwrite=False):
     tc = cfg.training
+    # the run folder first, before any data is loaded or anything written
+    ckpt = None
+    if resume and overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    if resume:
+        last = out / "last.safetensors"
+        if not last.is_file():
+            raise UserError(f"{out}: nothing to resume (no last.safetensors); drop --resume to start fresh")
+        ckpt = load_checkpoint(last)
+        changed = check_resume_config(ckpt.config, cfg, out)
+        if changed:
+            log.info("resuming %s with changed settings: %s", out, "; ".join(changed))
+    elif info.is_main or not overwrite:  # every rank refuses; only rank 0 removes
+        prepare_fresh_run(out, overwrite)
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(tc.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
@@ -318,11 +337,8 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
     # step: optimizer steps taken (drives the LR schedule); slot: accumulation groups
     # consumed, including skipped non-finite ones (drives the data position).
     step, slot, best, history, elapsed_before = 0, 0, -math.inf, [], 0.0
-    if resume:
-        last = out / "last.safetensors"
-        if not last.is_file():
-            raise UserError(f"{out}: nothing to resume (no last.safetensors); drop --resume to start fresh")
-        ckpt = load_checkpoint(last)
+    if ckpt is not None:
+        last = ckpt.path
         load_weights(raw_model, ckpt.weights, str(last))
         state = load_training_state(last)
         optimizer.load_state_dict(state["optimizer"])
@@ -475,7 +491,8 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
     if diverged:
         raise TrainingStopped(stopped)
     return TrainResult(out, step, slot // steps_per_epoch, best, history, stopped,
-                       samples / train_s if train_s > 0 else float("nan"), peak_memory_gib(dev))
+                       samples / train_s if train_s > 0 else float("nan"), peak_memory_gib(dev),
+                       stop_signal=stop.received)
 
 
 def _write_metrics_csv(path: Path, history: list[dict]) -> None:
