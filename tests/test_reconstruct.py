@@ -337,3 +337,49 @@ def test_console_script_prints_one_line(env, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and str(missing) in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_batch_writes_extras_only_when_asked_and_never_over_existing_ones(env, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for cid in ("a", "b"):
+        shutil.copy(env["pa"], folder / f"{cid}_pa.png")
+        shutil.copy(env["lat"], folder / f"{cid}_lat.png")
+    out = tmp_path / "out"
+    plain = R.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", progress=False)
+    assert len(plain.done) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz"]  # no report, preview or std
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    (out2 / "a_report.html").write_text("precious")
+    result = R.reconstruct_batch(folder, out2, checkpoint=env["ckpt"], device="cpu", progress=False, report=True)
+    assert [cid for cid, _ in result.done] == ["b"] and (out2 / "b_report.html").is_file()
+    failed = dict(result.failed)
+    assert "a_report.html" in failed["a"] and "--overwrite" in failed["a"]
+    assert (out2 / "a_report.html").read_text() == "precious" and not (out2 / "a.nii.gz").exists()
+    again = R.reconstruct_batch(folder, out2, checkpoint=env["ckpt"], device="cpu", progress=False, report=True,
+                                overwrite=True)
+    assert len(again.done) == 2 and (out2 / "a_report.html").read_text() != "precious"
+
+
+def test_cli_batch_exits_non_zero_when_a_pair_failed(env, tmp_path):
+    from xray2ct.cli import app
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(env["pa"], folder / "good_pa.png")
+    shutil.copy(env["lat"], folder / "good_lat.png")
+    shutil.copy(env["pa"], folder / "bad_pa.png")
+    (folder / "bad_lat.png").write_bytes(b"not an image")
+    res = CliRunner().invoke(app, ["reconstruct", "--batch", str(folder), "--out", str(tmp_path / "o"),
+                                   "--checkpoint", str(env["ckpt"]), "--device", "cpu"])
+    assert res.exit_code == 1, res.output
+    assert (tmp_path / "o" / "good.nii.gz").is_file() and "bad" in res.output
+
+
+@pytest.mark.parametrize("upscale, words", [((2000, 8, 8), "1024 voxels per axis"),
+                                            ((1024, 1024, 1024), "1,073,741,824")])
+def test_upscale_is_bounded(env, tmp_path, upscale, words):
+    with pytest.raises(R.ReconstructionError, match="too large") as e:
+        run(env, tmp_path / "o.nii.gz", upscale=upscale)
+    assert words in str(e.value) and not (tmp_path / "o.nii.gz").exists()

@@ -165,17 +165,17 @@ def reconstruct(
     from xray2ct.engine import reconstruct as R
 
     if batch is not None:
-        report = R.reconstruct_batch(batch, out, checkpoint=checkpoint, device=device, upscale=upscale, fmt=format_,
-                                     overwrite=overwrite, uncertainty=uncertainty is not None,
-                                     preview=preview is not None, progress=True, report=report is not None)
-        console.print(f"written {len(report.done)}, skipped (exist; --overwrite to redo) {len(report.skipped)}, "
-                      f"failed {len(report.failed)} -> {out}")
-        if report.failed:
+        done = R.reconstruct_batch(batch, out, checkpoint=checkpoint, device=device, upscale=upscale, fmt=format_,
+                                   overwrite=overwrite, uncertainty=uncertainty is not None,
+                                   preview=preview is not None, progress=True, report=report is not None)
+        console.print(f"written {len(done.done)}, skipped (exist; --overwrite to redo) {len(done.skipped)}, "
+                      f"failed {len(done.failed)} -> {out}")
+        if done.failed:
             t = Table("id", "problem", title="failed pairs")
-            for cid, why in report.failed:
+            for cid, why in done.failed:
                 t.add_row(cid, why)
             console.print(t)
-            raise typer.Exit(1 if not report.done and not report.skipped else 0)
+            raise typer.Exit(1)  # the others are written, but a script must see that some pairs were not
         return
     missing = [name for name, value in (("--pa", pa), ("--lat", lat)) if value is None]
     if missing:

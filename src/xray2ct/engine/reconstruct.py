@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -305,13 +306,22 @@ def _upscale(vol: torch.Tensor, upscale) -> torch.Tensor:
     return F.interpolate(vol, size=tuple(upscale), mode="trilinear", align_corners=False)
 
 
+MAX_UPSCALE_SIDE = 1024  # voxels per axis: beyond a clinical CT's 512² × a few hundred slices
+MAX_UPSCALE_VOXELS = 512 * 512 * 1024  # 2^28: about 1 GiB per float32 copy, and a few copies are made
+
+
 def _check_upscale(upscale) -> tuple[int, int, int] | None:
     if upscale is None:
         return None
     sizes = tuple(upscale)
     if len(sizes) != 3 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in sizes):
         raise ReconstructionError(f"upscale must be three positive integers D H W, got {upscale!r}")
-    return tuple(int(s) for s in sizes)
+    sizes = tuple(int(s) for s in sizes)
+    if max(sizes) > MAX_UPSCALE_SIDE or math.prod(sizes) > MAX_UPSCALE_VOXELS:
+        raise ReconstructionError(f"upscale {' '.join(map(str, sizes))} is too large: at most {MAX_UPSCALE_SIDE} "
+                                  f"voxels per axis and {MAX_UPSCALE_VOXELS:,} in all (e.g. 512 512 1024); "
+                                  f"this would be {math.prod(sizes):,}")
+    return sizes
 
 
 def load_pair(pa, lat, size: int) -> torch.Tensor:
@@ -451,12 +461,13 @@ def reconstruct_batch(folder, out_dir, checkpoint=None, device: str = "auto", up
     """Reconstruct every pair in `folder` into out_dir/{id}.nii.gz (.npy, or {id}/ for DICOM).
 
     Optional out_dir/{id}_uncertainty.nii.gz, {id}_preview.png and {id}_report.html. A pair that
-    fails is reported and the rest go on; existing outputs are skipped unless overwrite.
+    fails is reported and the rest go on; a pair whose volume exists is skipped, and one whose
+    extras exist fails naming them, unless overwrite.
     """
     from tqdm.auto import tqdm
 
     pairs, problems = find_pairs(folder)
-    report = BatchReport(failed=list(problems))
+    result = BatchReport(failed=list(problems))
     if not pairs:
         raise ReconstructionError(f"{folder}: no complete X-ray pair found (expected {{id}}_pa.* and {{id}}_lat.* "
                                   f"with a suffix in {', '.join(XRAY_SUFFIXES)})"
@@ -470,15 +481,15 @@ def reconstruct_batch(folder, out_dir, checkpoint=None, device: str = "auto", up
     for cid, (pa, lat) in tqdm(pairs.items(), desc="reconstruct", unit="case", disable=not progress):
         out = out_dir / f"{cid}{suffix}"
         if out.exists() and not overwrite:
-            report.skipped.append((cid, out))
+            result.skipped.append((cid, out))
             continue
-        try:
+        try:  # the extras are checked too: an existing {id}_report.html is not replaced without overwrite
             job = _Job.check(out, fmt, out_dir / f"{cid}_uncertainty.nii.gz" if uncertainty else None,
-                             out_dir / f"{cid}_preview.png" if preview else None, upscale, overwrite=True,
+                             out_dir / f"{cid}_preview.png" if preview else None, upscale, overwrite=overwrite,
                              report=out_dir / f"{cid}_report.html" if report else None)
             xrays = load_pair(pa, lat, cfg.model.xray_img_size)
-            report.done.append((cid, job.run(model, cfg, dev, xrays, title=cid)))
+            result.done.append((cid, job.run(model, cfg, dev, xrays, title=cid)))
         except UserError as e:
             log.info("%s failed: %s", cid, e)  # the report carries it; the CLI prints a table
-            report.failed.append((cid, str(e)))
-    return report
+            result.failed.append((cid, str(e)))
+    return result
