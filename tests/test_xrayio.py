@@ -254,3 +254,45 @@ def test_pydicom_reads_our_fixture(tmp_path):
     ds = pydicom.dcmread(save_dicom(tmp_path / "m1.dcm", PIC16, photometric="MONOCHROME1"))
     assert ds.PhotometricInterpretation == "MONOCHROME1"
     assert np.array_equal(ds.pixel_array, PIC16)
+
+
+def test_huge_image_is_refused_from_its_header_cheaply(tmp_path):
+    """A 9900² PNG is a few kB on disk but ~400 MB to 4 GB once decoded: refuse it from the header."""
+    import resource
+    import subprocess
+    import sys
+
+    path = tmp_path / "huge.png"
+    Image.new("1", (9900, 9900)).save(path)  # 1-bit: cheap to make here, same header check as RGBA
+    code = ("import resource, sys\nfrom xray2ct.data.xrayio import load_xray\ntry:\n    load_xray(sys.argv[1], 128)\n"
+            "except Exception as e:\n    print(type(e).__name__, e)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    err, rss_kib = r.stdout.strip().splitlines()
+    assert err.startswith("XRay2CTInputError") and "8192 pixels per side" in err and str(path) in err, r.stdout
+    assert int(rss_kib) < 800_000, rss_kib  # torch's import is most of it; decoding would add ~100 MB to 4 GB
+
+
+def test_max_side_and_min_side(tmp_path):
+    np.save(tmp_path / "long.npy", np.zeros((16, xrayio.MAX_SIDE + 1), np.float32))
+    with pytest.raises(XRay2CTInputError, match="pixels per side"):
+        load_xray(tmp_path / "long.npy", size=32)
+    for shape in ((1, 2), (15, 64)):
+        Image.fromarray(np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)).save(tmp_path / "tiny.png")
+        with pytest.raises(XRay2CTInputError, match=rf"{shape[0]} x {shape[1]} pixels is too small.*16") as e:
+            load_xray(tmp_path / "tiny.png", size=32)
+        assert str(e.value).startswith(str(tmp_path / "tiny.png"))
+    np.save(tmp_path / "row.npy", np.arange(64.0)[None, :, None])  # (1, 64, 1): a 1 x 64 image
+    with pytest.raises(XRay2CTInputError, match="too small"):
+        load_xray(tmp_path / "row.npy", size=32)
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
+    big = np.kron(picture(128, 128), np.ones((8, 8)))  # 1024², smooth: DCT scaling loses nothing visible
+    Image.fromarray(np.round(big * 255).astype(np.uint8)).convert("RGB").save(tmp_path / "big.jpg", quality=95)
+    assert read_xray_array(tmp_path / "big.jpg").shape == (1024, 1024)
+    assert read_xray_array(tmp_path / "big.jpg", size=128).shape == (128, 128)  # libjpeg's 1/8 scale
+    assert read_xray_array(tmp_path / "big.jpg", size=300).shape == (512, 512)  # 1/2: the smallest scale >= 300
+    fast, full = load_xray(tmp_path / "big.jpg", size=128), xrayio.prepare_xray(
+        read_xray_array(tmp_path / "big.jpg"), size=128)
+    assert (fast - full).abs().mean() < 0.01

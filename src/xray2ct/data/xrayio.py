@@ -14,6 +14,12 @@ Every film goes through the same steps, so a real radiograph and a DRR rendered 
 4. `robust_normalize` to [0, 1] (the 0.5/99.5 percentile window DRRs go through).
 
 Any file that cannot be used raises `XRay2CTInputError` naming the file and the problem.
+
+Size limits, checked from the file's header before any pixel is decoded (a small PNG can
+declare 10 000² pixels and take gigabytes to decode): at most MAX_SIDE pixels per side and
+MAX_PIXELS in all (a chest detector is about 3000², a 600 dpi film scan about 8500 x
+10 000: downsample such a scan first), at least MIN_SIDE per side. A JPEG larger than
+needed is decoded at 1/2, 1/4 or 1/8 scale directly (libjpeg's DCT scaling, `draft`).
 """
 from __future__ import annotations
 
@@ -27,7 +33,9 @@ import torch.nn.functional as F
 from xray2ct.data.errors import XRay2CTInputError
 from xray2ct.physics.radiograph import robust_normalize
 
-MAX_PIXELS = 100_000_000  # refuse larger images: a chest film is ~10-40 MP; beyond this it is not one
+MAX_PIXELS = 64_000_000  # refuse larger images: a chest film is ~10-40 MP; beyond this it is not one
+MAX_SIDE = 8192  # px per side. The largest accepted image (64 MP RGBA PNG) peaks at ~1 GB RSS to load
+MIN_SIDE = 16  # px per side: a smaller image holds no anatomy worth reconstructing
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, what Pillow's convert("L") uses
@@ -36,7 +44,7 @@ LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, what Pillow's convert("L
 def load_xray(path: str | Path, size: int = 256) -> torch.Tensor:
     """Read a radiograph file -> float32 (size, size) in [0, 1], bones bright."""
     path = Path(path)
-    return prepare_xray(read_xray_array(path), size=size, name=str(path))
+    return prepare_xray(read_xray_array(path, size=size), size=size, name=str(path))
 
 
 def prepare_xray(image: np.ndarray | torch.Tensor, size: int = 256, name: str = "image") -> torch.Tensor:
@@ -91,8 +99,12 @@ def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- decoding
 
 
-def read_xray_array(path: str | Path) -> np.ndarray:
-    """Decode a radiograph file to a 2D grey array (raw values, bones bright for DICOM)."""
+def read_xray_array(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Decode a radiograph file to a 2D grey array (raw values, bones bright for DICOM).
+
+    size: the side it will be resized to, if known; a JPEG is then decoded at the smallest
+    DCT scale still at least that large.
+    """
     path = Path(path)
     if not path.exists():
         raise XRay2CTInputError(f"{path}: X-ray file not found")
@@ -110,16 +122,25 @@ def read_xray_array(path: str | Path) -> np.ndarray:
     elif suffix in TIFF_SUFFIXES or head[:4] in (b"II*\x00", b"MM\x00*"):
         arr = _read_tiff(path)
     else:
-        arr = _read_pillow(path)
+        arr = _read_pillow(path, size)
     return _to_grey(arr, path)
 
 
 def _check_pixels(path: Path, n_pixels: int, shape: tuple) -> None:
-    """Refuse absurd sizes before decoding: the header's size is known, the pixels are not read yet."""
-    if n_pixels > MAX_PIXELS:
+    """Refuse absurd sizes before decoding: the header's size is known, the pixels are not read yet.
+
+    shape: (height, width) as the header declares it; other shapes get only the pixel count
+    checked (`_to_grey` refuses them with its own message).
+    """
+    shape = tuple(int(v) for v in shape)
+    if n_pixels > MAX_PIXELS or (len(shape) == 2 and max(shape) > MAX_SIDE):
         raise XRay2CTInputError(
-            f"{path}: image of shape {tuple(shape)} has {n_pixels / 1e6:.0f} megapixels, "
-            f"more than the {MAX_PIXELS / 1e6:.0f} MP limit; downsample it first")
+            f"{path}: image of shape {shape} has {n_pixels / 1e6:.0f} megapixels, more than the limit of "
+            f"{MAX_PIXELS / 1e6:.0f} megapixels and {MAX_SIDE} pixels per side; downsample it first")
+    if len(shape) == 2 and min(shape) < MIN_SIDE:
+        h, w = shape
+        raise XRay2CTInputError(f"{path}: image of {h} x {w} pixels is too small; an X-ray needs at least "
+                                f"{MIN_SIDE} pixels per side")
 
 
 def _to_grey(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -129,8 +150,8 @@ def _to_grey(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] in (2, 3, 4):
         if arr.shape[-1] == 2:  # grey + alpha
             arr = arr[..., 0]
-        else:  # RGB(A): luminance of the colour channels
-            arr = arr[..., :3].astype(np.float64) @ LUMA
+        else:  # RGB(A): luminance of the colour channels, in float32 (float64 doubles the peak memory)
+            arr = sum(arr[..., c].astype(np.float32) * np.float32(LUMA[c]) for c in range(3))
     # (1, H, W) / (H, W, 1) from npy or single-sample files
     while arr.ndim > 2 and 1 in arr.shape:
         arr = arr.squeeze(arr.shape.index(1))
@@ -145,11 +166,14 @@ def _read_npy(path: Path) -> np.ndarray:
     except Exception as e:  # ValueError for pickles and bad headers, OSError for truncation
         raise XRay2CTInputError(f"{path}: not a readable .npy array ({e})") from e
     channels = arr.shape[-1] if arr.ndim == 3 and arr.shape[-1] <= 4 else 1
-    _check_pixels(path, arr.size // channels, arr.shape)  # on the memory map, before reading
+    shape = arr.shape[:-1] if channels > 1 else arr.shape
+    while len(shape) > 2 and 1 in shape:  # (1, H, W) / (H, W, 1), as _to_grey squeezes them
+        shape = tuple(d for i, d in enumerate(shape) if i != shape.index(1))
+    _check_pixels(path, arr.size // channels, shape)  # on the memory map, before reading
     return np.array(arr)
 
 
-def _read_pillow(path: Path) -> np.ndarray:
+def _read_pillow(path: Path, size: int | None = None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -158,6 +182,8 @@ def _read_pillow(path: Path) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 _check_pixels(path, im.height * im.width, (im.height, im.width))
+                if size and im.format == "JPEG":
+                    im.draft(im.mode, (size, size))  # decode at 1/2..1/8 scale, both sides still >= size
                 im.load()  # decodes now, so a truncated file fails here
                 if im.mode in ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                     im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
@@ -193,10 +219,10 @@ def _read_tiff(path: Path) -> np.ndarray:
 def _read_dicom(path: Path) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut
+    from pydicom.pixels import apply_modality_lut, pixel_array
 
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, defer_size="1 MB")  # header now; large elements (pixels) only when used
     except (InvalidDicomError, OSError, EOFError, ValueError) as e:
         raise XRay2CTInputError(f"{path}: not a readable DICOM file ({e})") from e
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -204,14 +230,11 @@ def _read_dicom(path: Path) -> np.ndarray:
                                 f"{ds.get('Modality', 'unknown')}, SOP class {ds.get('SOPClassUID', 'unknown')})")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     _check_pixels(path, rows * cols, (rows, cols))
-    try:
-        arr = ds.pixel_array
+    try:  # multi-frame: the first frame only, read and decoded from the file alone
+        arr = pixel_array(str(path), index=0)
     except Exception as e:  # missing decoder plugin, damaged pixel data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise XRay2CTInputError(f"{path}: cannot decode DICOM pixel data (transfer syntax {syntax}): {e}") from e
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        arr = arr[0]  # multi-frame: first frame
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric.startswith("MONOCHROME"):
         arr = apply_modality_lut(arr, ds).astype(np.float64)  # stored values -> e.g. HU / exposure
