@@ -19,7 +19,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 
 from xray2ct.checkpoint import CheckpointError
 from xray2ct.errors import UserError
-from xray2ct.fileio import atomic_path
+from xray2ct.fileio import atomic_path, fsync_tree, new_temp_folder
 from xray2ct.physics.hu import HU_MIN, HU_RANGE, unit_to_hu
 
 log = logging.getLogger(__name__)
@@ -193,7 +192,7 @@ def save_dicom_series(folder: Path, hu: np.ndarray, spacing: tuple, description:
     stored = np.clip(np.rint(hu) - HU_MIN, 0, 65535).astype(np.uint16)  # HU + 1024
     now = datetime.datetime.now()
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = new_temp_folder(folder)  # also removes the temp folders of a killed earlier write
     try:
         for k in range(d):
             meta = FileMetaDataset()
@@ -227,6 +226,7 @@ def save_dicom_series(folder: Path, hu: np.ndarray, spacing: tuple, description:
             ds.WindowCenter, ds.WindowWidth = "40", "400"
             ds.PixelData = stored[k].tobytes()
             ds.save_as(tmp / f"slice_{k + 1:04d}.dcm", enforce_file_format=True)
+        fsync_tree(tmp)  # every slice on disk before the folder takes the final name
         _replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -238,7 +238,7 @@ def _replace_folder(src: Path, dst: Path) -> None:
     """Move a finished folder to dst; an existing dst is replaced (moved aside, then deleted)."""
     old = None
     if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
+        old = new_temp_folder(dst, tag="old-")
         os.replace(dst, old / dst.name)
     os.replace(src, dst)
     if old is not None:
