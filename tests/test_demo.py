@@ -50,3 +50,16 @@ def test_training_demo_runs_end_to_end(tmp_path):
     assert lines[-1].startswith("done:")
     assert (tmp_path / "eval" / "summary.json").is_file()
     assert any(p.suffix == ".gz" for p in tmp_path.iterdir())
+
+
+def test_demo_results_go_to_stdout_and_progress_to_stderr(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "xray2ct"
+    r = subprocess.run([str(exe), "demo", "--out", str(tmp_path), "--device", "cpu"], capture_output=True,
+                       encoding="utf-8", errors="replace", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("PSNR") == len(bundled_examples()) and "volumes (NIfTI, HU)" in r.stdout
+    assert "PSNR" not in r.stderr and "model:" in r.stderr  # progress and the model line on stderr

@@ -273,11 +273,12 @@ def demo(
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
 ):
     """Reconstruct the bundled example X-rays with the bundled weights (or, with --train, the whole pipeline)."""
-    from xray2ct.engine.demo import run_demo, run_training_demo
+    from xray2ct.engine.demo import Result, run_demo, run_training_demo
 
     lines = run_training_demo(out, budget_minutes, n, device) if train else run_demo(out, device)
+    results = Console()  # stdout: what a script pipes on; progress stays on stderr
     for line in lines:
-        console.print(line, soft_wrap=True)
+        (results if isinstance(line, Result) else console).print(line, soft_wrap=True, markup=False)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

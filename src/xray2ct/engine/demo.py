@@ -18,6 +18,10 @@ EXAMPLES = "assets/examples"
 DEFAULT = "assets/default"
 
 
+class Result(str):
+    """A line of the demo's results: the CLI prints these on stdout, every other line (progress) on stderr."""
+
+
 @dataclass(frozen=True)
 class Example:
     id: str
@@ -79,10 +83,10 @@ def run_demo(out: str | Path, device: str = "cpu") -> Iterator[str]:
         rows.append({"id": ex.id, **(ground_truth_metrics(rec.volume, ex.ct) if ex.ct is not None else {})})
     for r in rows:
         if "psnr" in r:
-            yield f"{r['id']:<24} PSNR {r['psnr']:.2f} dB   SSIM {r['ssim']:.3f}   MAE {r['mae']:.0f} HU"
+            yield Result(f"{r['id']:<24} PSNR {r['psnr']:.2f} dB   SSIM {r['ssim']:.3f}   MAE {r['mae']:.0f} HU")
         else:
-            yield f"{r['id']:<24} (no ground truth)"
-    yield f"volumes (NIfTI, HU) and previews: {out.resolve()}  [{time.monotonic() - started:.1f} s]"
+            yield Result(f"{r['id']:<24} (no ground truth)")
+    yield Result(f"volumes (NIfTI, HU) and previews: {out.resolve()}  [{time.monotonic() - started:.1f} s]")
 
 
 def run_training_demo(out: str | Path, budget_minutes: float = 5.0, n: int = 60, device: str = "auto",
@@ -111,9 +115,9 @@ def run_training_demo(out: str | Path, budget_minutes: float = 5.0, n: int = 60,
     for key in ("psnr", "ssim3d", "mae_hu"):
         s = ev.summary["metrics"][key]
         ci = f"95% CI {s['ci95'][0]:.3f}…{s['ci95'][1]:.3f}, " if s["ci95"] else ""
-        yield f"    {key}: {s['mean']:.3f} ({ci}n={s['n']})"
+        yield Result(f"    {key}: {s['mean']:.3f} ({ci}n={s['n']})")
     case = ev.per_case[0]["id"]
     yield f"4/4 reconstructing test case {case}"
     vol = reconstruct(data / case / f"{case}_pa_drr.png", data / case / f"{case}_lat_drr.png", out / f"{case}.nii.gz",
                       checkpoint=run, preview=out / f"{case}_preview.png", device=device, overwrite=True)
-    yield f"done: volume {vol}, evaluation in {out / 'eval'}"
+    yield Result(f"done: volume {vol}, evaluation in {out / 'eval'}")
