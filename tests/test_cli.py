@@ -45,12 +45,14 @@ def test_prepare_command_lists_failures_and_continues(tmp_path):
     out = tmp_path / "out"
     args = ["prepare", "--ct", str(good), "--ct", str(bad), "--out", str(out), "--size", "16", "--xray-size", "32"]
     result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # any failed input fails the run, after the others are done
     assert "broken.nii.gz" in result.output and "failed 1" in result.output
     vol = nib.load(out / "patient_a" / "patient_a.nii.gz")
     assert vol.shape == (16, 16, 16) and np.allclose(vol.header.get_zooms(), 20.0)
     again = runner.invoke(app, args)  # resumable: the good case is skipped
-    assert "skipped (already there) 1" in again.output
+    assert "skipped (already there) 1" in again.output and again.exit_code == 1
+    only_good = runner.invoke(app, args[:3] + args[5:])
+    assert only_good.exit_code == 0 and "failed 0" in only_good.output
 
 
 def test_user_error_is_one_line_not_a_traceback(tmp_path):

@@ -219,3 +219,43 @@ def test_bad_inputs_name_the_file(tmp_path, make, problem):
 def test_4d_nifti_with_one_volume_is_fine(tmp_path):
     hu, _ = load_volume(_nifti(tmp_path / "one.nii.gz", np.ones((8, 9, 10, 1), np.float32)))
     assert hu.shape == (10, 9, 8)  # eye affine is RAS: reoriented to (I, P, L)
+
+
+def _move_slice(path, dz: float) -> None:
+    """Shift one DICOM slice's ImagePositionPatient by dz mm along z."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.ImagePositionPatient = [float(v) for v in ds.ImagePositionPatient[:2]] + [float(ds.ImagePositionPatient[2]) + dz]
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda f: f[3].unlink(), ["missing slice", "gap of 4.00 mm", "spacing is 2.00 mm", "about 1 slice"]),
+    (lambda f: _move_slice(f[4], 0.9), ["uneven slice spacing", "off an even"]),
+    (lambda f: _move_slice(f[4], -2.0), ["share a position", "duplicate"]),
+], ids=["missing", "uneven", "duplicate"])
+def test_dicom_series_with_bad_slice_positions_is_refused(tmp_path, damage, words):
+    """A series read with averaged spacing would be silently wrong (issue #18 item 5)."""
+    folder = tmp_path / "LIDC-IDRI-0007" / "series"
+    write_dicom_series(folder, our_volume()[::-1], (0.6, 0.8, 2.0))
+    damage(sorted(folder.iterdir()))
+    with pytest.raises(XRay2CTInputError) as err:
+        load_volume(tmp_path / "LIDC-IDRI-0007")
+    for w in words:
+        assert w in str(err.value)
+    assert "LIDC-IDRI-0007" in str(err.value)
+
+
+def test_dicom_rounded_positions_are_even(tmp_path):
+    """Positions rounded to 0.1 mm (0.625 mm slices) are not a gap."""
+    import pydicom
+
+    folder = tmp_path / "s"
+    write_dicom_series(folder, our_volume()[::-1], (0.6, 0.8, 0.625))
+    for f in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.ImagePositionPatient = [float(v) for v in ds.ImagePositionPatient[:2]] + [round(float(ds.ImagePositionPatient[2]), 1)]
+        ds.save_as(f)
+    hu, sp = load_volume(folder)
+    assert hu.shape == (8, 10, 12) and sp[0] == pytest.approx(0.625, abs=0.02)

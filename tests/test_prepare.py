@@ -13,6 +13,7 @@ from PIL import Image
 from xray2ct import Geometry
 from xray2ct.data import layout
 from xray2ct.data.ctio import load_volume, save_nifti
+from xray2ct.data.errors import XRay2CTInputError
 from xray2ct.data.prepare import case_id_for, make_phantom_dataset, prepare_cts
 
 
@@ -159,3 +160,60 @@ def test_phantom_workers_write_the_same_dataset(tmp_path):
             assert (layout.xray_path(tmp_path / "serial", case_id, view).read_bytes()
                     == layout.xray_path(tmp_path / "parallel", case_id, view).read_bytes())
     assert (tmp_path / "serial/splits.json").read_text() == (tmp_path / "parallel/splits.json").read_text()
+
+
+def test_split_files_keep_the_test_list_and_carve_val_from_train(tmp_path, caplog):
+    from xray2ct.data.splitfile import parse_split_files, splits_from_files
+
+    cases = [f"LIDC-IDRI-{i:04d}" for i in range(1, 41)]
+    (tmp_path / "train.txt").write_text("\n".join(f"{c}.20000101.30005{i}.1" for i, c in enumerate(cases[:36])) + "\n\n")
+    (tmp_path / "test.txt").write_text("\n".join(cases[36:] + ["LIDC-IDRI-0999"]) + "\n")
+    files = parse_split_files([f"train={tmp_path / 'train.txt'}", f"test={tmp_path / 'test.txt'}"])
+    splits = splits_from_files(files, cases, seed=3)
+    assert splits["test"] == cases[36:]  # the paper's test list, exactly
+    assert len(splits["val"]) == 2 and sorted(splits["train"] + splits["val"]) == cases[:36]
+    assert splits_from_files(files, cases, seed=3) == splits  # seeded
+    assert "LIDC-IDRI-0999" in caplog.text  # listed, not prepared
+
+    (tmp_path / "val.txt").write_text(f"{cases[0]}\n")
+    with pytest.raises(XRay2CTInputError, match="also in the train list"):
+        splits_from_files({**files, "val": tmp_path / "val.txt"}, cases)
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(XRay2CTInputError, match="lists no IDs"):
+        splits_from_files({"test": tmp_path / "empty.txt"}, cases)
+    for bad in ("train", "dev=a.txt", "train=a.txt train=b.txt"):
+        with pytest.raises(XRay2CTInputError, match="train"):
+            parse_split_files(bad.split(" "))
+
+
+def test_presets_fix_what_makes_them_comparable():
+    from xray2ct.data.presets import make_cube, resolve_preset
+
+    x2ct = resolve_preset("x2ct", xray_size=64)
+    assert (x2ct.size, x2ct.fov_mm, x2ct.resample_mm, x2ct.xray_size) == (128, 320.0, 1.0, 64)
+    assert resolve_preset("ours", size=32).size == 32
+    with pytest.raises(XRay2CTInputError, match="fixes fov_mm 320"):
+        resolve_preset("x2ct", fov_mm=300.0)
+    with pytest.raises(XRay2CTInputError, match="valid: ours, x2ct"):
+        resolve_preset("x2ctgan")
+    hu = toy_chest(40, 200.0)  # 5 mm voxels: the 1 mm resampling step is a 5x upsampling
+    hu[18:22, 28:32, 18:22] = 3000  # a 20 mm block of metal: clipped to the window's top
+    cube = make_cube(hu, (5.0, 5.0, 5.0), x2ct)
+    assert cube.shape == (128,) * 3 and cube.min() == -1024 and cube.max() == 1476
+    # the 200 mm chest sits in the middle of the 320 mm cube: 24 voxels of air on every side
+    inside = np.argwhere(cube > -900)
+    assert inside.min(0) == pytest.approx([24] * 3, abs=2) and inside.max(0) == pytest.approx([103] * 3, abs=2)
+
+
+def test_prepare_workers_write_the_same_cases_and_a_repeated_input_is_one(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    save_nifti(src / "a.nii.gz", toy_chest(40, 200.0), 5.0)
+    save_nifti(src / "b.nii.gz", toy_chest(24, 300.0)[::-1].copy(), 12.5)
+    paths = [src / "a.nii.gz", src / "b.nii.gz", src / ".." / "src" / "a.nii.gz"]
+    serial = prepare_cts(paths, tmp_path / "serial", size=16, xray_size=24, progress=False)
+    parallel = prepare_cts(paths, tmp_path / "parallel", size=16, xray_size=24, progress=False, workers=2)
+    assert serial.done == ["a", "b"] and sorted(parallel.done) == ["a", "b"] and not parallel.failed
+    for case_id in ("a", "b"):
+        for f in layout.case_files(tmp_path / "serial", case_id):
+            assert f.read_bytes() == (tmp_path / "parallel" / case_id / f.name).read_bytes()

@@ -37,29 +37,46 @@ def phantoms(
 
 @app.command()
 def prepare(
-    ct: List[Path] = typer.Option(..., help="CT inputs: NIfTI files, DICOM series folders, NPY/NPZ (repeat --ct)."),
+    ct: List[Path] = typer.Option(..., help="CT inputs (repeat --ct): NIfTI/MHA/NRRD files and NPY/NPZ, one case "
+                                  "each; folders: DICOM trees of any depth (e.g. TCIA's LIDC-IDRI/), one case per "
+                                  "patient from its thinnest usable axial CT series."),
     out: Path = typer.Option(..., help="Output dataset folder (seed layout)."),
-    size: int = typer.Option(64, min=8, help="Output volume size N (N³)."),
-    xray_size: int = typer.Option(256, min=16, help="DRR detector size in pixels."),
-    fov_mm: float = typer.Option(320.0, help="Cube field of view cropped around the body, mm."),
+    preset: str = typer.Option("ours", help="ours: FOV cube around the body straight to SIZE³, any size. x2ct: "
+                               "X2CT-GAN's preprocessing (1 mm isotropic, 320 mm cube, 128³ at 2.5 mm, HU -1024…1476)."),
+    size: Optional[int] = typer.Option(None, min=8, help="Output volume size N (N³); default: the preset's "
+                                       "(ours 64, x2ct 128, fixed)."),
+    xray_size: Optional[int] = typer.Option(None, min=16, help="DRR detector size in pixels; default 256."),
+    fov_mm: Optional[float] = typer.Option(None, help="Cube field of view cropped around the body, mm; default 320."),
     spacing: Optional[Tuple[float, float, float]] = typer.Option(
         None, help="Voxel spacing D H W in mm for NPY/NPZ inputs (their files carry none)."),
     seed: int = typer.Option(0, help="Seed of the train/val/test split."),
+    workers: int = typer.Option(1, min=1, help="Processes reading DICOM headers and writing cases."),
+    split_file: List[str] = typer.Option([], help="SPLIT=FILE: patient IDs of a split, one per line (X2CT-GAN's "
+                                         "train.txt/test.txt), e.g. --split-file train=train.txt --split-file "
+                                         "test=test.txt; without val=, 5% of train validates. Default: seeded "
+                                         "80/10/10."),
 ):
     """Turn real CTs into training data: reorient, resample, crop, resize, render DRRs.
 
-    Resumable (cases already written are skipped); bad cases are listed and skipped.
+    Resumable and safe to rerun (complete cases are skipped; a folder prepared with other
+    settings is refused). Every failed input is listed and the exit status is 1 when any failed.
     """
     from xray2ct.data.prepare import prepare_cts
+    from xray2ct.data.splitfile import parse_split_files
 
-    report = prepare_cts(ct, out, size=size, xray_size=xray_size, fov_mm=fov_mm, progress=True,
-                         spacing=spacing, seed=seed)
-    console.print(f"done {len(report.done)}, skipped (already there) {len(report.skipped)}, failed {len(report.failed)}")
+    splits = parse_split_files(split_file) if split_file else None
+    report = prepare_cts(ct, out, size=size, xray_size=xray_size, fov_mm=fov_mm, progress=True, spacing=spacing,
+                         seed=seed, preset=preset, workers=workers, split_files=splits)
+    for note in report.notes:
+        console.print(f"  {note}", soft_wrap=True)
+    ignored = f", ignored {report.ignored} series that are not CT volumes" if report.ignored else ""
+    console.print(f"done {len(report.done)}, skipped (already there) {len(report.skipped)}, failed "
+                  f"{len(report.failed)}{ignored}; record in {report.report_path}")
     if report.failed:
         console.print("[red]failed cases[/red] (input: problem):")
         for path, why in report.failed:
             console.print(f"  {path}: {why}", soft_wrap=True)
-        raise typer.Exit(1 if not report.done and not report.skipped else 0)
+        raise typer.Exit(1)
 
 
 def _parse_sets(sets: list[str]) -> dict:

@@ -154,14 +154,28 @@ def _load_dicom_folder(folder: Path):
     names = find_dicom_series(folder)
     if not names:
         raise XRay2CTInputError(f"{folder}: no DICOM image series found in this folder or below it")
+    return load_dicom_series(names, folder)
+
+
+def load_dicom_series(paths, folder) -> tuple[np.ndarray, tuple]:
+    """The slices of one DICOM series (files `paths`, any order) -> HU in our axes, spacing.
+
+    The slice positions are checked first (`dicomseries.slice_geometry`): a missing or
+    unevenly placed slice is an error naming `folder`, never a volume with averaged spacing.
+    """
+    import SimpleITK as sitk
+
+    from xray2ct.data.dicomseries import read_headers, slice_geometry
+
+    geometry = slice_geometry(read_headers(paths), folder)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(names)
+    reader.SetFileNames(list(geometry.paths))  # ordered along the slice normal
     reader.SetOutputPixelType(sitk.sitkFloat32)  # rescale slope/intercept applied -> HU
     try:
         image = reader.Execute()
     except RuntimeError as e:
         raise XRay2CTInputError(f"{folder}: cannot read DICOM series ({str(e).strip().splitlines()[-1]})") from e
-    log.info("%s: read DICOM series of %d slices", folder, len(names))
+    log.info("%s: read DICOM series of %d slices, %.3g mm apart", folder, len(geometry.paths), geometry.slice_mm)
     return _sitk_to_ours(image, folder)
 
 
@@ -195,7 +209,8 @@ def load_volume(path: str | os.PathLike, spacing=None) -> tuple[np.ndarray, tupl
 
     Args:
         path: .nii/.nii.gz, .mha/.mhd/.nrrd, a DICOM series folder (searched recursively;
-            the series with most slices wins), or .npy/.npz already in (d, h, w) axes.
+            the series with most slices wins; a missing or unevenly placed slice is an
+            error), or .npy/.npz already in (d, h, w) axes.
         spacing: voxel spacing (mm; one number or (d, h, w)) for .npy/.npz, which store
             none (an .npz may hold a 'spacing' array instead). NIfTI, DICOM and ITK
             headers carry their own and this argument is ignored for them.

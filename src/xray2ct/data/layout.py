@@ -111,9 +111,13 @@ def split_ids(ids, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, list[s
 
 def write_splits(root: str | os.PathLike, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, list[str]]:
     """Split the cases found under root (see `split_ids`) and write root/splits.json."""
-    splits = split_ids(find_cases(root), seed=seed, fractions=fractions)
+    return save_splits(root, split_ids(find_cases(root), seed=seed, fractions=fractions))
+
+
+def save_splits(root: str | os.PathLike, splits: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Write {"train": [ids], "val": [ids], "test": [ids]} to root/splits.json, atomically."""
     path = Path(root) / "splits.json"
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(splits, indent=1) + "\n")
-    log.info("%s: train %d, val %d, test %d", path, *(len(splits[k]) for k in SPLITS))
+    log.info("%s: train %d, val %d, test %d", path, *(len(splits.get(k, [])) for k in SPLITS))
     return splits
