@@ -84,3 +84,33 @@ def test_evaluation_report_tables_and_montages(tmp_path):
     _no_network(html)
     assert "27.25" in html and "27.75" in html and "27 – 28" in html and "case_0001" in html
     assert _data(html)["volume"]["shape"] == [24, 24, 24]
+
+
+def test_slices_carry_the_patients_sides_a_numeric_window_and_an_uncertainty_legend(tmp_path):
+    from xray2ct.viz import orientation_labels
+
+    hu = _volume()
+    html = reconstruction_report(tmp_path / "r.html", hu, (2.0,) * 3, {"PA": np.zeros((4, 4))},
+                                 std_hu=np.full_like(hu, 30.0)).read_text(encoding="utf-8")
+    for plane in ("axial", "coronal", "sagittal"):
+        view = re.search(rf'<div class="view"><canvas id="c-{plane}"></canvas>(.*?)</div>', html).group(1)
+        assert dict(re.findall(r'<span class="side (\w+)">(\w)</span>', view)) == orientation_labels(plane)
+    assert 'id="wl-c" value="40"' in html and 'id="wl-w" value="400"' in html  # soft tissue, the default preset
+    assert '<option value="custom">' in html and 'id="readout"' in html
+    legend = re.search(r'<span id="legend"[^>]*>(.*?)</span>', html).group(1)
+    assert "predicted std" in legend and "30 HU" in legend  # the top of the colour scale, in HU
+    plain = reconstruction_report(tmp_path / "p.html", hu, (2.0,) * 3, {"PA": np.zeros((4, 4))}).read_text(encoding="utf-8")
+    assert 'id="legend"' not in plain and 'id="wl-c"' in plain  # no uncertainty: no legend, still a window
+
+
+def test_viewer_page_is_the_reports_viewer_alone():
+    from xray2ct.report import viewer_page
+
+    cube = np.full((16, 16, 16), -500.0, np.float32)
+    cube[4:12, 4:12, 4:12] = 1200.0
+    page = viewer_page(cube, (2.0,) * 3, std_hu=np.ones_like(cube), mesh=bone_surface(cube, (2.0,) * 3))
+    _no_network(page)
+    data = _data(page)
+    assert data["volume"]["shape"] == [16, 16, 16] and data["mesh"]["faces"] > 0
+    assert data["volume"]["planes"]["sagittal"] == {"axis": 2, "rows": 0, "cols": 1}
+    assert '<body class="embedded">' in page and "Input X-rays" not in page and 'id="mesh"' in page

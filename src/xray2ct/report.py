@@ -4,10 +4,13 @@ Everything is inside the page: the input X-rays as PNG data URIs, the volume as 
 int16 HU (and the uncertainty as uint8) drawn by a few lines of JavaScript into canvases
 with a slider per plane, window presets and an uncertainty overlay, and the bone surface
 as a rotatable flat-shaded mesh. No script or style is fetched from the network, so the
-report can be mailed or archived next to the NIfTI it describes.
+report can be mailed or archived next to the NIfTI it describes. The slices carry the
+patient's sides (R/L, A/P, S/I, from `viz.orientation_labels`), the HU under the pointer,
+a numeric window (level, width) beside the presets and a legend for the uncertainty colours.
 
     reconstruction_report(path, ...)   one reconstruction (`xray2ct reconstruct --report`)
     evaluation_report(path, ...)       metrics of a split (`xray2ct evaluate --report`)
+    viewer_page(...)                   the viewer alone, as a string: what the web app embeds
 """
 from __future__ import annotations
 
@@ -21,10 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from xray2ct.fileio import atomic_path
-from xray2ct.viz import PLANES, WINDOWS, uncertainty_scale
+from xray2ct.viz import PLANE_AXIS, PLANES, WINDOWS, orientation_labels, plane_axes, uncertainty_scale
 
 MAX_SIDE = 128  # volumes are subsampled to at most this many voxels per axis (keeps the file small)
 MAX_FACES = 60_000  # the canvas renderer stays interactive below this
+DEFAULT_WINDOW = "soft tissue"
+HOVER_HINT = "Point at a slice to read its HU value."
 
 
 def png_data_uri(image: np.ndarray) -> str:
@@ -53,7 +58,9 @@ def _volume_payload(hu: np.ndarray, spacing, std_hu: np.ndarray | None) -> dict:
     hu = hu[::step, ::step, ::step]
     payload = {"shape": list(hu.shape), "spacing": [float(s) * step for s in spacing],
                "hu": _b64(np.clip(np.rint(hu), -32768, 32767).astype("<i2")),
-               "windows": {k: list(v) for k, v in WINDOWS.items()}, "std": None, "std_max": None}
+               "windows": {k: list(v) for k, v in WINDOWS.items()}, "std": None, "std_max": None,
+               # which (d, h, w) axis each plane cuts, and which run along its rows and columns
+               "planes": {p: dict(zip(("axis", "rows", "cols"), (PLANE_AXIS[p], *plane_axes(p)))) for p in PLANES}}
     if std_hu is not None:
         std = std_hu[::step, ::step, ::step]
         top = uncertainty_scale(std)
@@ -77,28 +84,62 @@ def _table(rows: list[list], header: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _page(title: str, sections: list[str], volume: dict | None = None, mesh: dict | None = None) -> str:
+def _page(title: str, sections: list[str], volume: dict | None = None, mesh: dict | None = None,
+          embedded: bool = False) -> str:
     data = json.dumps({"volume": volume, "mesh": mesh})
     return (_TEMPLATE.replace("__TITLE__", html.escape(title))
+            .replace("__CLASS__", "embedded" if embedded else "")
+            .replace("__HOVER_HINT__", json.dumps(HOVER_HINT))
             .replace("__BODY__", "\n".join(sections))
             .replace("__DATA__", data.replace("</", "<\\/")))
 
 
+def _plane_figure(plane: str) -> str:
+    """One slice canvas with the patient's side written at each edge, its slider and caption."""
+    sides = "".join(f'<span class="side {edge}">{side}</span>' for edge, side in orientation_labels(plane).items())
+    return (f'<figure><div class="view"><canvas id="c-{plane}"></canvas>{sides}</div>'
+            f'<input type="range" id="s-{plane}" min="0" aria-label="{plane} slice">'
+            f'<figcaption>{plane} <span id="n-{plane}"></span></figcaption></figure>')
+
+
+def _slices_section(volume: dict) -> str:
+    presets = "".join(f'<option value="{html.escape(w)}"{" selected" if w == DEFAULT_WINDOW else ""}>'
+                      f"{html.escape(w)}</option>" for w in WINDOWS) + '<option value="custom">custom</option>'
+    level, width = WINDOWS[DEFAULT_WINDOW]
+    controls = (f'<label>window <select id="win">{presets}</select></label> '
+                f'<label>level <input type="number" id="wl-c" value="{level:g}" step="10"> HU</label> '
+                f'<label>width <input type="number" id="wl-w" value="{width:g}" min="1" step="10"> HU</label> ')
+    if volume["std"] is not None:
+        # the overlay's colours, and the std they stand for (the scale stops at the 99th percentile)
+        controls += ('<label><input type="checkbox" id="unc"> uncertainty overlay</label> '
+                     '<span id="legend" hidden title="predicted standard deviation of each voxel\'s HU; '
+                     'the colour scale stops at the volume\'s 99th percentile">predicted std: 0 '
+                     '<canvas id="legend-bar" width="128" height="10"></canvas> '
+                     f'&ge; {volume["std_max"]:.3g} HU</span>')
+    else:
+        controls += '<input type="checkbox" id="unc" hidden>'
+    figures = "".join(_plane_figure(p) for p in PLANES)
+    return (f'<section><h2>Slices</h2><p class="controls">{controls}</p><div class="row">{figures}</div>'
+            f'<p id="readout" class="readout">{HOVER_HINT}</p></section>')
+
+
+def _surface_section(mesh: dict) -> str:
+    return (f'<section><h2>Bone surface</h2><p class="note">{mesh["faces"]} triangles; seen from the front '
+            "(patient's right on the left, head up); drag to rotate</p>"
+            '<canvas id="mesh" width="480" height="480" aria-label="bone surface"></canvas></section>')
+
+
 def _viewer_sections(volume: dict | None, mesh: dict | None) -> list[str]:
-    out = []
-    if volume is not None:
-        windows = "".join(f'<option value="{html.escape(w)}"{" selected" if w == "soft tissue" else ""}>'
-                          f"{html.escape(w)}</option>" for w in WINDOWS)
-        unc = ('<label><input type="checkbox" id="unc"> uncertainty overlay</label>'
-               if volume["std"] is not None else '<input type="checkbox" id="unc" hidden>')
-        planes = "".join(f'<figure><canvas id="c-{p}"></canvas><input type="range" id="s-{p}" min="0">'
-                         f'<figcaption>{p} <span id="n-{p}"></span></figcaption></figure>' for p in PLANES)
-        out.append(f'<h2>Slices</h2><p>window <select id="win">{windows}</select> {unc}</p>'
-                   f'<div class="row">{planes}</div>')
-    if mesh is not None:
-        out.append(f'<h2>Bone surface</h2><p>drag to rotate; {mesh["faces"]} triangles</p>'
-                   '<canvas id="mesh" width="480" height="480"></canvas>')
-    return out
+    parts = ([_slices_section(volume)] if volume is not None else []) + ([_surface_section(mesh)] if mesh else [])
+    return [f'<div class="viewer">{"".join(parts)}</div>'] if parts else []
+
+
+def viewer_page(hu: np.ndarray, spacing, std_hu: np.ndarray | None = None, mesh=None,
+                title: str = "xray2ct viewer") -> str:
+    """The slices and the bone surface alone, as an HTML page (a string, nothing written): the
+    web app shows it in an iframe, so the app and the report draw with the same code."""
+    volume, mesh_data = _volume_payload(np.asarray(hu), spacing, std_hu), _mesh_payload(mesh)
+    return _page(title, _viewer_sections(volume, mesh_data), volume, mesh_data, embedded=True)
 
 
 def write_html(path: str | os.PathLike, text: str) -> Path:
@@ -160,62 +201,94 @@ def evaluation_report(path: str | os.PathLike, summary: dict, rows: list[dict], 
     return write_html(path, _page(title, sections, volume, mesh_data))
 
 
-# The page: plain CSS and ~70 lines of JavaScript; nothing fetched.
+# The page: plain CSS and ~120 lines of JavaScript; nothing fetched.
 _TEMPLATE = r"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+body.embedded{margin:0 4px;max-width:none}body.embedded>h1,body.embedded>.note{display:none}
+h2{font-size:1.15em;margin:.8em 0 .3em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}
-th{background:#f3f3f3}.row{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}
+th{background:#f3f3f3}.row,.viewer{display:flex;flex-wrap:wrap;gap:1em}.viewer{gap:2em}figure{margin:0}
 figure img,figure canvas{width:256px;image-rendering:pixelated;background:#000;display:block}
 img.wide{width:100%;max-width:1100px;image-rendering:auto}input[type=range]{width:256px}
+.view{position:relative}.view canvas{cursor:crosshair}
+.side{position:absolute;color:#ffd54a;font:600 13px system-ui,sans-serif;text-shadow:0 0 3px #000,0 0 2px #000;pointer-events:none}
+.side.top{top:2px;left:50%;transform:translateX(-50%)}.side.bottom{bottom:2px;left:50%;transform:translateX(-50%)}
+.side.left{left:4px;top:50%;transform:translateY(-50%)}.side.right{right:4px;top:50%;transform:translateY(-50%)}
+.controls label{margin-right:.8em;white-space:nowrap}.controls input[type=number]{width:5.5em}
+#legend-bar{vertical-align:middle;border:1px solid #888}
+.readout{font-variant-numeric:tabular-nums;min-height:1.3em;margin:.3em 0}
 #mesh{background:#111;cursor:grab}.note{color:#666;font-size:.9em}
-</style></head><body>
+body.embedded #mesh{width:340px;height:340px}body.embedded .viewer .note{max-width:340px}
+</style></head><body class="__CLASS__">
 <h1>__TITLE__</h1>
 __BODY__
 <p class="note">Research use only; not for diagnosis. Generated by xray2ct.</p>
 <script>
 const DATA = __DATA__;
+const $ = id => document.getElementById(id);
 function decode(s, T) { const b = atob(s), u = new Uint8Array(b.length);
   for (let i = 0; i < b.length; i++) u[i] = b.charCodeAt(i); return new T(u.buffer); }
+const heat = s => [Math.min(1, 2 * s), Math.max(0, 2 * s - 1), 0];  // uncertainty colours: black -> red -> yellow
 if (DATA.volume) {
-  const V = DATA.volume, [D, H, W] = V.shape, sp = V.spacing;
+  const V = DATA.volume, S = V.shape, sp = V.spacing, stride = [S[1] * S[2], S[2], 1];
   const hu = decode(V.hu, Int16Array), std = V.std ? decode(V.std, Uint8Array) : null;
-  // (rows, cols, index of voxel (k, r, c)) per plane, oriented as the PNG previews
-  const planes = {
-    axial: [D, H, W, (k, r, c) => (k * H + r) * W + c, sp[1], sp[2]],
-    coronal: [H, D, W, (k, r, c) => (r * H + k) * W + c, sp[0], sp[2]],
-    sagittal: [W, D, H, (k, r, c) => (r * H + c) * W + k, sp[0], sp[1]],
-  };
-  const win = document.getElementById("win"), unc = document.getElementById("unc");
+  const win = $("win"), level = $("wl-c"), width = $("wl-w"), unc = $("unc");
+  // a plane shows voxels (k, r, c) along (its cut axis, its rows' axis, its columns' axis) of (d, h, w)
+  const at = (p, k, r, c) => k * stride[p.axis] + r * stride[p.rows] + c * stride[p.cols];
   function draw(name) {
-    const [n, R, C, at, sr, sc] = planes[name], slider = document.getElementById("s-" + name);
-    const k = +slider.value, cv = document.getElementById("c-" + name), ctx = cv.getContext("2d");
-    cv.width = C; cv.height = R; cv.style.height = (256 * R * sr / (C * sc)) + "px";
-    const img = ctx.createImageData(C, R), [wc, ww] = V.windows[win.value], lo = wc - ww / 2;
+    const p = V.planes[name], R = S[p.rows], C = S[p.cols], k = +$("s-" + name).value;
+    const cv = $("c-" + name), ctx = cv.getContext("2d");
+    cv.width = C; cv.height = R; cv.style.height = (256 * R * sp[p.rows] / (C * sp[p.cols])) + "px";
+    const img = ctx.createImageData(C, R), w = Math.max(1, +width.value), lo = +level.value - w / 2;
     const overlay = unc.checked && std;
     for (let r = 0; r < R; r++) for (let c = 0; c < C; c++) {
-      const i = at(k, r, c), o = (r * C + c) * 4;
-      const g = Math.min(1, Math.max(0, (hu[i] - lo) / ww));
+      const i = at(p, k, r, c), o = (r * C + c) * 4;
+      const g = Math.min(1, Math.max(0, (hu[i] - lo) / w));
       let rgb = [g, g, g];
-      if (overlay) { const s = std[i] / 255;
-        rgb = [.5 * g + .5 * Math.min(1, 2 * s), .5 * g + .5 * Math.max(0, 2 * s - 1), .5 * g]; }
+      if (overlay) { const h = heat(std[i] / 255); rgb = rgb.map((x, j) => .5 * x + .5 * h[j]); }
       img.data[o] = 255 * rgb[0]; img.data[o + 1] = 255 * rgb[1]; img.data[o + 2] = 255 * rgb[2]; img.data[o + 3] = 255;
     }
     ctx.putImageData(img, 0, 0);
-    document.getElementById("n-" + name).textContent = (k + 1) + " / " + n;
+    $("n-" + name).textContent = (k + 1) + " / " + S[p.axis];
   }
-  const drawAll = () => Object.keys(planes).forEach(draw);
-  for (const name of Object.keys(planes)) {
-    const s = document.getElementById("s-" + name);
-    s.max = planes[name][0] - 1; s.value = Math.floor(planes[name][0] / 2);
+  function drawAll() {
+    Object.keys(V.planes).forEach(draw);
+    if ($("legend")) $("legend").hidden = !unc.checked;
+  }
+  function readout(name, e) {  // the voxel under the pointer: its position and HU (and predicted std)
+    const p = V.planes[name], cv = $("c-" + name), R = S[p.rows], C = S[p.cols], k = +$("s-" + name).value;
+    const r = Math.min(R - 1, Math.max(0, Math.floor(e.offsetY / cv.clientHeight * R)));
+    const c = Math.min(C - 1, Math.max(0, Math.floor(e.offsetX / cv.clientWidth * C)));
+    const v = [0, 0, 0]; v[p.axis] = k; v[p.rows] = r; v[p.cols] = c;
+    const i = at(p, k, r, c);
+    let text = `${name}, voxel (${v.join(", ")}): ${hu[i]} HU`;
+    if (std) text += `, predicted std ${std[i] === 255 ? "≥ " : ""}${Math.round(std[i] / 255 * V.std_max)} HU`;
+    $("readout").textContent = text;
+  }
+  for (const name of Object.keys(V.planes)) {
+    const s = $("s-" + name), n = S[V.planes[name].axis], cv = $("c-" + name);
+    s.max = n - 1; s.value = Math.floor(n / 2);
     s.addEventListener("input", () => draw(name));
+    cv.addEventListener("mousemove", e => readout(name, e));
+    cv.addEventListener("mouseleave", () => $("readout").textContent = __HOVER_HINT__);
   }
-  win.addEventListener("change", drawAll); unc.addEventListener("change", drawAll); drawAll();
+  win.addEventListener("change", () => {  // a preset fills in level and width
+    const w = V.windows[win.value]; if (w) { level.value = w[0]; width.value = w[1]; } drawAll(); });
+  for (const box of [level, width]) box.addEventListener("input", () => {  // typed numbers: a preset if they match one
+    win.value = Object.keys(V.windows).find(k => V.windows[k][0] == +level.value && V.windows[k][1] == +width.value) || "custom";
+    drawAll(); });
+  unc.addEventListener("change", drawAll);
+  const bar = $("legend-bar");
+  if (bar) { const b = bar.getContext("2d");
+    for (let x = 0; x < bar.width; x++) { const h = heat(x / (bar.width - 1));
+      b.fillStyle = `rgb(${255 * h[0]},${255 * h[1]},${255 * h[2]})`; b.fillRect(x, 0, 1, bar.height); } }
+  drawAll();
 }
 if (DATA.mesh) {
   const v = decode(DATA.mesh.v, Float32Array), f = decode(DATA.mesh.f, Uint32Array);
-  const cv = document.getElementById("mesh"), ctx = cv.getContext("2d");
+  const cv = $("mesh"), ctx = cv.getContext("2d");
   let yaw = 0, pitch = 0, radius = 1e-9, drag = null;
   for (let i = 0; i < v.length; i++) radius = Math.max(radius, Math.abs(v[i]));
   function render() {
@@ -236,6 +309,7 @@ if (DATA.mesh) {
       const ux = p[b] - p[a], uy = p[b + 1] - p[a + 1], uz = p[b + 2] - p[a + 2];
       const wx = p[c] - p[a], wy = p[c + 1] - p[a + 1], wz = p[c + 2] - p[a + 2];
       const nx = uy * wz - uz * wy, ny = uz * wx - ux * wz, nz = ux * wy - uy * wx;
+      // headlight: a face turned to the viewer is bright, one seen edge-on dark
       const shade = 0.25 + 0.75 * Math.abs(nz) / (Math.hypot(nx, ny, nz) || 1);
       const g = Math.round(235 * shade);
       ctx.fillStyle = ctx.strokeStyle = `rgb(${g},${Math.round(g * 0.95)},${Math.round(g * 0.85)})`;
@@ -243,12 +317,23 @@ if (DATA.mesh) {
       ctx.lineTo(h + s * p[b], h - s * p[b + 1]); ctx.lineTo(h + s * p[c], h - s * p[c + 1]);
       ctx.closePath(); ctx.fill(); ctx.stroke();
     }
+    cv.dataset.rendered = "1";
   }
   cv.addEventListener("mousedown", e => drag = [e.clientX, e.clientY]);
   window.addEventListener("mouseup", () => drag = null);
   cv.addEventListener("mousemove", e => { if (!drag) return;
     yaw += (e.clientX - drag[0]) * 0.01; pitch += (e.clientY - drag[1]) * 0.01; drag = [e.clientX, e.clientY]; render(); });
-  render();
+  // say it is coming, let the browser paint that, then draw (a large mesh takes a moment)
+  ctx.fillStyle = "#111"; ctx.fillRect(0, 0, cv.width, cv.height);
+  ctx.fillStyle = "#bbb"; ctx.font = "16px system-ui, sans-serif"; ctx.textAlign = "center";
+  ctx.fillText("rendering the bone surface…", cv.width / 2, cv.height / 2);
+  requestAnimationFrame(() => setTimeout(render, 0));
 }
+try {  // inside the web app's iframe: grow the frame to the page, so nothing scrolls twice
+  const frame = window.frameElement;
+  // the body's own extent: the document's scrollHeight never drops below the frame, so it could only grow
+  if (frame) { const fit = () => frame.style.height = Math.ceil(document.body.getBoundingClientRect().bottom + 16) + "px";
+    fit(); new ResizeObserver(fit).observe(document.body); }
+} catch (e) { /* a frame of another origin: keep its own height */ }
 </script></body></html>
 """

@@ -48,6 +48,24 @@ def orientation_labels(plane: str) -> dict[str, str]:
             "left": AXIS_SIDES[cols][0], "right": AXIS_SIDES[cols][1]}
 
 
+def draw_sides(rgb: np.ndarray, sides: dict[str, str]) -> np.ndarray:
+    """An RGB uint8 image with the patient's side letters (`orientation_labels`) written at its
+    edges, yellow with a dark outline as the report's viewer writes them, readable on any grey."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+    w, h = img.size
+    size = max(10, min(w, h) // 14)
+    font, m = ImageFont.load_default(size=size), size // 3
+    at = {"top": ((w / 2, m), "mt"), "bottom": ((w / 2, h - m), "md"), "left": ((m, h / 2), "lm"),
+          "right": ((w - m, h / 2), "rm")}
+    draw = ImageDraw.Draw(img)
+    for edge, letter in sides.items():
+        xy, anchor = at[edge]
+        draw.text(xy, letter, fill=(255, 213, 74), font=font, anchor=anchor, stroke_width=2, stroke_fill=(0, 0, 0))
+    return np.asarray(img)
+
+
 def pyplot():
     """matplotlib.pyplot on the headless Agg backend (no display needed)."""
     import matplotlib

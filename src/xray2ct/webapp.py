@@ -1,21 +1,31 @@
 """`xray2ct serve`: a local web app (Gradio). Two X-rays in, the CT explored in the browser.
 
     upload PA + lateral (PNG, JPEG, TIFF, DICOM, NPY) or pick a bundled example
+      -> thumbnails of both as the model reads them (patient's sides written on them)
       -> Reconstructor (model loaded once) -> HU volume, std, bone surface, files
-      -> three slice views with sliders, window presets and an uncertainty overlay,
-         a 3D bone surface, downloads (NIfTI volume and uncertainty, OBJ, HTML report)
+      -> one message area (errors, warnings such as swapped views, the summary and metrics)
+      -> the HTML report's own viewer in an iframe: three slices with sliders, orientation
+         letters, HU under the pointer, window presets and level/width, the uncertainty
+         overlay with its legend, the shaded bone surface
+      -> downloads (NIfTI volume and uncertainty, OBJ, HTML report)
 
-The logic lives in plain functions (`Reconstructor`, `render_views`) that the tests call
-directly; `build_app` only wires them to Gradio components. Requests go through Gradio's
-queue one at a time (a reconstruction holds the model and a few volumes in memory), so a
-burst of users waits in line instead of running the machine out of memory.
+The logic lives in plain functions (`Reconstructor`, `respond`) that the tests call
+directly; `build_app` only wires them to Gradio components. A failed request says why in
+the message area (it stays until the next request) and clears the previous result, so an
+old volume is never shown beside a new error. Requests go through Gradio's queue one at a
+time (a reconstruction holds the model and a few volumes in memory), so a burst of users
+waits in line instead of running the machine out of memory.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
+import html
 import logging
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +41,21 @@ MAX_UPLOAD_MB = 50  # a chest film as 16-bit DICOM is 10-40 MB
 QUEUE_SIZE = 16  # requests waiting beyond this are refused with a "busy" message
 KEEP_RESULTS = 20  # result folders kept on disk; older ones are deleted
 METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "3D SSIM", "mae": "MAE (HU)"}
+THUMBNAIL_PX = 256
+# which slice of the volume each view looks like: the same patient's sides at the edges
+VIEW_PLANE = {"PA": "coronal", "lateral": "sagittal"}
+SWAP_ADVICE = "Upload the frontal film as the PA and the side view as the lateral"
+WELCOME = "Upload a PA and a lateral X-ray, or pick a bundled example, then press <b>Reconstruct</b>."
+VIEWER_PLACEHOLDER = ('<div class="viewer-placeholder" style="padding:2em;color:#666;border:1px dashed #bbb;'
+                      'border-radius:6px">The slices and the bone surface appear here after a reconstruction.</div>')
 
 
 class AppInputError(UserError, ValueError):
-    """An upload the app cannot use; the message is shown in the page."""
+    """Uploads the app cannot use; `problems` holds one message per bad view, all shown in the page."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 class ServeError(UserError, OSError):
@@ -43,7 +64,7 @@ class ServeError(UserError, OSError):
 
 @dataclass
 class Result:
-    """One reconstruction: arrays for the views and the files offered for download."""
+    """One reconstruction: arrays for the viewer and the files offered for download."""
 
     hu: np.ndarray  # (D, H, W) HU
     std_hu: np.ndarray | None  # (D, H, W) predicted std, HU
@@ -51,7 +72,9 @@ class Result:
     files: dict[str, Path]  # "volume", "uncertainty", "surface", "report"
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)  # against the ground truth of a bundled example
-    note: str = ""
+    note: str = ""  # why there is no bone surface, when there is none
+    mesh: object = None  # xray2ct.surface.Mesh or None
+    warnings: list[str] = field(default_factory=list)  # e.g. the views look swapped
 
 
 def _uploaded_path(upload, view: str) -> Path:
@@ -67,6 +90,31 @@ def _uploaded_path(upload, view: str) -> Path:
     return path
 
 
+def load_view(upload, view: str, size: int):
+    """One upload -> (path, image (size, size) in [0, 1]); a UserError names the view and the file
+    as the user knows it (not by the server's upload folder)."""
+    from xray2ct.data.xrayio import load_xray
+
+    path = _uploaded_path(upload, view)
+    try:
+        return path, load_xray(path, size=size)
+    except UserError as e:
+        raise AppInputError(f"The {view} X-ray could not be used: {str(e).replace(f'{path.parent}/', '')}") from None
+
+
+def thumbnail(upload, view: str, size: int = THUMBNAIL_PX) -> np.ndarray | None:
+    """What the model will read from an upload, with the patient's sides written on it, so a
+    user sees which film is which (and a swapped pair at a glance); None when unreadable."""
+    from xray2ct.viz import draw_sides, orientation_labels
+
+    try:
+        _, img = load_view(upload, view, size)
+    except UserError:
+        return None  # the reason is given when Reconstruct is pressed
+    grey = (img.numpy() * 255 + 0.5).astype(np.uint8)
+    return draw_sides(np.repeat(grey[..., None], 3, axis=-1), orientation_labels(VIEW_PLANE[view]))
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -77,7 +125,7 @@ class Reconstructor:
     Args:
         checkpoint: .safetensors or run folder; None: the bundled default weights.
         device: "auto" | "cpu" | "cuda".
-        workdir: where result folders go (default: a new temp folder).
+        workdir: where result folders go (default: a new temp folder, removed by `close`).
     """
 
     def __init__(self, checkpoint=None, device: str = "cpu", workdir: str | Path | None = None) -> None:
@@ -85,24 +133,26 @@ class Reconstructor:
         from xray2ct.engine.reconstruct import load_for_inference
 
         self.model, self.cfg, self.device = load_for_inference(checkpoint, device)
+        self._owns_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="xray2ct-serve-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.examples = bundled_examples()
-        # ground truth of a bundled example is recognised by the PA file's content, whatever its name
-        self._truth = {_digest(ex.pa): ex for ex in self.examples if ex.ct is not None}
+        # a bundled example's ground truth applies only to its own pair: both files must match,
+        # by content (uploads are renamed), or the metrics would compare against another patient
+        self._truth = {(_digest(ex.pa), _digest(ex.lat)): ex for ex in self.examples if ex.ct is not None}
         self._count = 0
 
     def __call__(self, pa, lat, progress: Callable[[float, str], None] = lambda f, desc: None) -> Result:
-        from xray2ct.engine.reconstruct import load_pair, reconstruct_pair, save_report, save_volume
+        import torch
+
+        from xray2ct.engine.reconstruct import reconstruct_pair, save_report, save_volume
         from xray2ct.surface import try_bone_surface, write_obj
 
         started = time.perf_counter()
-        pa, lat = _uploaded_path(pa, "PA"), _uploaded_path(lat, "lateral")
         progress(0.1, "reading the X-rays")
-        try:
-            xrays = load_pair(pa, lat, self.cfg.model.xray_img_size)
-        except UserError as e:  # name the file as the user knows it, not by the server's upload folder
-            raise AppInputError(str(e).replace(f"{pa.parent}/", "").replace(f"{lat.parent}/", "")) from None
+        (pa, pa_img), (lat, lat_img) = self._load_both(pa, lat)
+        warnings = self._check_pair(pa, pa_img, lat, lat_img)
+        xrays = torch.stack([pa_img, lat_img])[None]  # (1, 2, S, S), PA first
         progress(0.3, "reconstructing")
         rec = reconstruct_pair(self.model, self.cfg, self.device, xrays)
         hu, std, spacing = rec.hu, rec.std_hu, rec.spacing
@@ -116,11 +166,34 @@ class Reconstructor:
         if mesh is not None:
             write_obj(out / "bone_surface.obj", mesh)
             files["surface"] = out / "bone_surface.obj"
-        metrics = self._metrics(pa, rec.volume)
+        metrics = self._metrics(pa, lat, rec.volume)
         progress(0.9, "report")
         files["report"] = save_report(out / "report.html", hu, std, spacing, xrays, mesh=mesh,
                                       title=f"{pa.name} + {lat.name}", metrics=metrics or None)
-        return Result(hu, std, spacing, files, time.perf_counter() - started, metrics, note)
+        return Result(hu, std, spacing, files, time.perf_counter() - started, metrics, note, mesh, warnings)
+
+    def _load_both(self, pa, lat):
+        """Both views, or one AppInputError listing every bad one (the user fixes both at once)."""
+        loaded, problems = [], []
+        for upload, view in ((pa, "PA"), (lat, "lateral")):
+            try:
+                loaded.append(load_view(upload, view, self.cfg.model.xray_img_size))
+            except AppInputError as e:
+                problems += e.problems
+        if problems:
+            raise AppInputError(problems)
+        return loaded
+
+    @staticmethod
+    def _check_pair(pa: Path, pa_img, lat: Path, lat_img) -> list[str]:
+        """Warnings about a usable but suspicious pair: the same film twice, swapped views."""
+        from xray2ct.data.viewcheck import check_views
+
+        if _digest(pa) == _digest(lat):
+            return [f"The PA and the lateral are the same image ({pa.name}): the reconstruction cannot be right."]
+        swapped = check_views(pa_img, lat_img, pa_name=f"The PA upload ({pa.name})",
+                              lat_name=f"the lateral upload ({lat.name})", fix=SWAP_ADVICE)
+        return [swapped] if swapped else []
 
     def _new_folder(self) -> Path:
         self._count += 1
@@ -130,110 +203,164 @@ class Reconstructor:
             shutil.rmtree(old, ignore_errors=True)
         return out
 
-    def _metrics(self, pa: Path, volume) -> dict[str, float]:
-        """Against the ground truth when the PA is a bundled example's, labelled for display."""
+    def _metrics(self, pa: Path, lat: Path, volume) -> dict[str, float]:
+        """Against the ground truth when the pair is a bundled example's, labelled for display."""
         from xray2ct.engine.demo import ground_truth_metrics
 
-        ex = self._truth.get(_digest(pa))
+        ex = self._truth.get((_digest(pa), _digest(lat)))
         metrics = ground_truth_metrics(volume, ex.ct) if ex is not None else {}
         return {METRIC_LABELS[k]: v for k, v in metrics.items()}
 
-
-def render_views(result: Result | None, window: str, overlay: bool, indices: tuple[int, int, int]):
-    """The three slice images (RGB uint8) for the current sliders, window and overlay toggle."""
-    from xray2ct.viz import PLANES, slice_rgb, uncertainty_scale
-
-    if result is None:
-        return [None, None, None]
-    std = result.std_hu if overlay else None
-    top = uncertainty_scale(std) if std is not None else None  # one colour scale for the three planes
-    views = []
-    for plane, index, n in zip(PLANES, indices, result.hu.shape):
-        img = slice_rgb(result.hu, plane, int(np.clip(index, 0, n - 1)), window, std_hu=std, std_max=top)
-        factor = max(1, 256 // max(img.shape[:2]))  # nearest-neighbour zoom: crisp voxels at a readable size
-        views.append(np.kron(img, np.ones((factor, factor, 1), dtype=np.uint8)))
-    return views
+    def close(self) -> None:
+        """Remove the result folders (when this object made the work folder)."""
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def summary_markdown(result: Result) -> str:
+# --- what the page shows ---------------------------------------------------------------------
+_BOX = "padding:.7em 1em;border-radius:6px;margin:.3em 0;border-left:5px solid {};background:{}"
+_ERROR_STYLE = _BOX.format("#c62828", "#fdecea")
+_WARNING_STYLE = _BOX.format("#ef8f00", "#fff4e0")
+_INFO_STYLE = _BOX.format("#5b7fa6", "#f2f5f9")
+
+
+def _box(style: str, heading: str, lines: list[str], role: str = "status") -> str:
+    items = "".join(f"<li>{html.escape(line, quote=False)}</li>" for line in lines)
+    return f'<div role="{role}" style="{style}"><b>{heading}</b><ul style="margin:.3em 0 0">{items}</ul></div>'
+
+
+def summary_lines(result: Result) -> list[str]:
     d = result.hu.shape
-    lines = [f"**Done in {result.seconds:.1f} s**: {d[0]}×{d[1]}×{d[2]} voxels of {result.spacing[0]:.1f} mm, HU."]
+    lines = [f"Done in {result.seconds:.1f} s: {d[0]}×{d[1]}×{d[2]} voxels of {result.spacing[0]:.1f} mm, HU."]
     if result.metrics:
         lines.append("Bundled example, compared with its ground truth: "
                      + ", ".join(f"{k} {v:.3g}" for k, v in result.metrics.items()))
     if result.note:
         lines.append(result.note)
-    return "\n\n".join(lines)
+    return lines
+
+
+def message_html(result: Result | None = None, problems: list[str] = ()) -> str:
+    """The message area: what went wrong (kept until the next request), or the warnings and the
+    summary of a result, or what to do first."""
+    if problems:
+        return _box(_ERROR_STYLE, "Could not reconstruct", list(problems), role="alert")
+    if result is None:
+        return f'<div style="{_INFO_STYLE}">{WELCOME}</div>'
+    parts = [_box(_WARNING_STYLE, "Check the inputs", result.warnings, role="alert")] if result.warnings else []
+    return "".join(parts) + _box(_INFO_STYLE, "Reconstruction", summary_lines(result))
+
+
+def viewer_html(result: Result | None) -> str:
+    """The report's viewer (slices, bone surface) for a result, in an iframe: its scripts run
+    there (Gradio's HTML component does not run <script>), and its styles stay inside."""
+    from xray2ct.report import viewer_page
+
+    if result is None:
+        return VIEWER_PLACEHOLDER
+    page = viewer_page(result.hu, result.spacing, result.std_hu, result.mesh)
+    return (f'<iframe title="CT viewer" srcdoc="{html.escape(page, quote=True)}" '
+            'style="width:100%;height:760px;border:0;display:block"></iframe>')
+
+
+def respond(reconstructor: Reconstructor, pa, lat, progress=lambda f, desc: None) -> list:
+    """One press of Reconstruct -> the values of OUTPUTS (message, viewer, downloads). A failure
+    clears the previous result and says why; it never leaves an old volume beside a new error."""
+    try:
+        result = reconstructor(pa, lat, progress=progress)
+    except UserError as e:  # bad input: say why in the page, keep serving
+        problems = getattr(e, "problems", [str(e)])
+        return [message_html(problems=problems), viewer_html(None), None]
+    except Exception as e:  # a bug or out of memory: still a readable page, and the trace in the log
+        log.exception("reconstruction failed")
+        return [message_html(problems=[f"The reconstruction failed ({type(e).__name__}: {e}); "
+                                       "the details are in the server's log."]), viewer_html(None), None]
+    return [message_html(result), viewer_html(result), [str(p) for p in result.files.values()]]
+
+
+OUTPUTS = ("status", "viewer", "downloads")  # elem_ids of respond's outputs, in order
 
 
 def build_app(reconstructor: Reconstructor):
     """The Gradio Blocks app around a Reconstructor."""
     import gradio as gr
 
-    from xray2ct.viz import PLANES, WINDOWS
-
     suffixes = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".npy"]
     with gr.Blocks(title="xray2ct", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown("# xray2ct\nTwo plain X-rays (PA and lateral) in, a 3D CT volume out. "
                     "Research use only; not for diagnosis.")
-        state = gr.State(None)
+        uploads, thumbs = {}, {}
         with gr.Row():
-            pa = gr.File(label="PA X-ray", file_types=suffixes, type="filepath", elem_id="pa-upload")
-            lat = gr.File(label="Lateral X-ray", file_types=suffixes, type="filepath", elem_id="lat-upload")
+            for view, elem in (("PA", "pa"), ("lateral", "lat")):
+                with gr.Column():
+                    uploads[view] = gr.File(label=f"{view} X-ray", file_types=suffixes, type="filepath",
+                                            elem_id=f"{elem}-upload")
+                    thumbs[view] = gr.Image(label=f"{view} as the model reads it", type="numpy", interactive=False,
+                                            height=THUMBNAIL_PX, elem_id=f"{elem}-thumb", buttons=["fullscreen"])
+        pa, lat = uploads["PA"], uploads["lateral"]
         if reconstructor.examples:
             gr.Examples([[str(ex.pa), str(ex.lat)] for ex in reconstructor.examples], inputs=[pa, lat],
                         example_labels=[ex.id for ex in reconstructor.examples], label="Bundled examples")
         run = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct")
-        status = gr.Markdown(elem_id="status")
-        with gr.Row():
-            window = gr.Radio(list(WINDOWS), value="soft tissue", label="Window")
-            overlay = gr.Checkbox(False, label="Uncertainty overlay")
-        n = reconstructor.cfg.model.volume_size
-        sliders, images = [], []
-        with gr.Row():
-            for plane in PLANES:
-                with gr.Column():
-                    images.append(gr.Image(label=plane, type="numpy", interactive=False, elem_id=f"view-{plane}"))
-                    sliders.append(gr.Slider(0, n - 1, value=n // 2, step=1, label=f"{plane} slice"))
-        with gr.Row():
-            surface = gr.Model3D(label="Bone surface (250 HU)", elem_id="surface", clear_color=(0.92, 0.92, 0.94, 1.0))
-            downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
+        outputs = {
+            "status": gr.HTML(message_html(), elem_id="status", js_on_load=None),
+            "viewer": gr.HTML(VIEWER_PLACEHOLDER, elem_id="viewer", js_on_load=None, min_height=120),
+            "downloads": gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads"),
+        }
 
-        def reconstruct(pa_file, lat_file, window_name, show_std, progress=gr.Progress()):
-            try:
-                result = reconstructor(pa_file, lat_file, progress=lambda f, desc: progress(f, desc=desc))
-            except UserError as e:  # bad input: say why in the page, keep serving
-                raise gr.Error(str(e), print_exception=False) from None
-            mid = tuple(s // 2 for s in result.hu.shape)
-            views = render_views(result, window_name, show_std, mid)
-            slider_updates = [gr.Slider(maximum=s - 1, value=m) for s, m in zip(result.hu.shape, mid)]
-            files = [str(p) for p in result.files.values()]
-            return [result, *views, *slider_updates, result.files.get("surface") and str(result.files["surface"]),
-                    files, summary_markdown(result)]
+        def reconstruct(pa_file, lat_file, progress=gr.Progress()):
+            return respond(reconstructor, pa_file, lat_file, progress=lambda f, desc: progress(f, desc=desc))
 
-        def redraw(result, window_name, show_std, i_ax, i_cor, i_sag):
-            return render_views(result, window_name, show_std, (i_ax, i_cor, i_sag))
-
-        run.click(reconstruct, inputs=[pa, lat, window, overlay],
-                  outputs=[state, *images, *sliders, surface, downloads, status], concurrency_limit=1)
-        view_inputs = [state, window, overlay, *sliders]
-        for control in (window, overlay, *sliders):
-            control.change(redraw, inputs=view_inputs, outputs=images, show_progress="hidden")
+        run.click(reconstruct, inputs=[pa, lat], outputs=[outputs[k] for k in OUTPUTS], concurrency_limit=1)
+        for view, upload in uploads.items():
+            upload.change(lambda f, v=view: thumbnail(f, v), inputs=upload, outputs=thumbs[view],
+                          show_progress="hidden")
     return app
 
 
 def serve(checkpoint=None, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
           block: bool = True):
-    """Start the app; returns the Gradio app (with block=False the server runs in a thread)."""
+    """Start the app; returns the Gradio app (with block=False the server runs in a thread).
+
+    Blocking, it runs until Ctrl-C or SIGTERM, then stops the server and removes its work
+    folder; it removes it too when the server cannot start (a port in use).
+    """
     reconstructor = Reconstructor(checkpoint, device=device)
-    app = build_app(reconstructor)
-    app.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
-    examples = {str(ex.pa.parent) for ex in reconstructor.examples}
     try:
-        app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=True,
-                   prevent_thread_lock=not block, max_file_size=f"{MAX_UPLOAD_MB}mb", ssr_mode=False,
-                   allowed_paths=[str(reconstructor.workdir), *examples], quiet=not block)
-    except OSError as e:
-        raise ServeError(f"cannot listen on {host}:{port} ({str(e).split('. ')[0]}); "
-                         "is another server using that port? Pass --port N") from None
+        app = build_app(reconstructor)
+        app.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+        examples = {str(ex.pa.parent) for ex in reconstructor.examples}
+        try:
+            # quiet: no "set share=True" hint (a public link is the last thing a medical tool should
+            # suggest); the CLI prints the address itself
+            app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=True,
+                       prevent_thread_lock=True, max_file_size=f"{MAX_UPLOAD_MB}mb", ssr_mode=False,
+                       allowed_paths=[str(reconstructor.workdir), *examples], quiet=True)
+        except OSError as e:
+            raise ServeError(f"cannot listen on {host}:{port} ({str(e).split('. ')[0]}); "
+                             "is another server using that port? Pass --port N") from None
+    except BaseException:
+        reconstructor.close()
+        raise
+    if not block:
+        atexit.register(reconstructor.close)
+        return app
+    try:
+        _wait_for_stop()
+    finally:
+        app.close()
+        reconstructor.close()
     return app
+
+
+def _wait_for_stop() -> None:
+    """Until Ctrl-C (KeyboardInterrupt) or SIGTERM (what `kill` and service managers send)."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
