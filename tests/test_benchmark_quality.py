@@ -145,8 +145,8 @@ def test_bad_inputs_name_the_problem(tmp_path, data):
 
 
 def test_quality_table_shows_cuda_peak_memory_only_when_measured():
-    from xray2ct.benchmark import _timing
     from xray2ct.quality import VariantResult, quality_table
+    from xray2ct.timing import summarize as _timing
 
     metrics = {k: {"mean": 20.0, "ci95": [19.0, 21.0]} for k in ("psnr", "ssim3d", "mae_hu")}
     cpu = [VariantResult("optimized", "nothing", 10**6, _timing([5.0, 6.0]), 3, 3, 1.0, metrics)]
@@ -178,3 +178,22 @@ def test_gpu_session_script_runs_quick_on_cpu(tmp_path):
         names = tar.getnames()
     assert {"runs/optimized/eval_test/summary.json", "runs/baseline/eval_test/summary.json"} <= set(names)
     assert not [n for n in names if n.endswith((".safetensors", ".pt"))]  # only what fits the way back
+
+
+def test_no_import_cycle_between_the_benchmark_suites_and_the_quality_benchmark():
+    """quality.py takes its timing helpers from timing.py, so benchmark.py (which runs the quality
+    suite) can import quality without a cycle; function-level imports count too."""
+    import ast
+
+    import xray2ct
+
+    src = Path(xray2ct.__file__).parent
+
+    def imports(module: str) -> set[str]:
+        tree = ast.parse((src / f"{module}.py").read_text(encoding="utf-8"))
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+    assert "xray2ct.quality" in imports("benchmark")
+    assert not {m for m in imports("quality") if m.startswith("xray2ct.benchmark")}
+    assert not {m for m in imports("timing") if m.startswith("xray2ct.") and m != "xray2ct.timing"}

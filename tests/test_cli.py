@@ -87,3 +87,10 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     os.umask(umask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temp file left
+
+
+def test_ci_installs_chromium_without_recommended_packages():
+    # Debian's chromium recommends ~115 packages (479 MB) the headless browser test does not use
+    script = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    installs = [line for line in script.splitlines() if "apt-get install" in line]
+    assert installs and all("--no-install-recommends" in line for line in installs)

@@ -9,25 +9,15 @@ from __future__ import annotations
 import os
 import platform
 import re
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from xray2ct.fileio import atomic_path
-
-
-@dataclass
-class Timing:
-    median_ms: float
-    iqr_ms: float  # spread: interquartile range of the repeats
-    repeats: int
-
-    def __str__(self) -> str:
-        return f"{self.median_ms:.1f} ± {self.iqr_ms / 2:.1f}"
+# the timing helpers live in timing.py (quality.py uses them too, without importing the suites)
+from xray2ct.timing import Timing, interleaved as _interleaved, table, time_fn  # noqa: F401
 
 
 @dataclass
@@ -48,45 +38,12 @@ class SuiteResult:
         return png
 
 
-def _timing(times_ms: list[float]) -> Timing:
-    """Median and interquartile range of repeat times (ms)."""
-    q = statistics.quantiles(times_ms, n=4) if len(times_ms) >= 2 else [times_ms[0]] * 3
-    return Timing(statistics.median(times_ms), q[2] - q[0], len(times_ms))
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_fn(fn: Callable[[], object], device: str = "cpu", warmup: int = 2, repeats: int = 5,
-            max_seconds: float = 20.0) -> Timing:
-    """Median and IQR wall time of fn() in ms after warm-up; stops early past max_seconds."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats and (len(times) < 2 or time.perf_counter() - start < max_seconds):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return _timing(times)
-
-
 def machine_line(device: str = "cpu") -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         what = torch.cuda.get_device_name()
     else:
         what = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     return f"{what}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}"
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 # --- suites ---------------------------------------------------------------------
@@ -115,29 +72,6 @@ def data_suite(size: int = 64, n: int = 5) -> SuiteResult:
     t = time_fn(lambda: chest_phantom(size=size, seed=1), warmup=1, repeats=n)
     return SuiteResult(table(["phantom size", "ms per phantom", "phantoms / s"],
                              [[f"{size}³", str(t), f"{1e3 / t.median_ms:.1f}"]]), {size: t})
-
-
-def _interleaved(fns: dict[str, Callable[[], object]], device: str, repeats: int,
-                 rewarm: bool = False) -> dict[str, Timing]:
-    """Time several variants round-robin, so load from other processes biases none of them.
-
-    rewarm: run one untimed call at the start of every turn, for variants (whole models)
-    whose oneDNN primitives and allocator blocks the other turns evict, which a training
-    run, stepping one model only, keeps warm.
-    """
-    for fn in fns.values():
-        fn()  # warm-up: allocation, oneDNN primitive creation
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if rewarm:
-                fn()
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: _timing(ts) for name, ts in times.items()}
 
 
 def _fwd_bwd(module, x):

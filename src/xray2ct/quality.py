@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from xray2ct.benchmark import Timing, _interleaved, table
+from xray2ct.timing import Timing, interleaved, table
 from xray2ct.config import Config, load_config, override_config
 from xray2ct.errors import UserError
 
@@ -127,7 +127,7 @@ def measure_step_times(configs: dict[str, Config], data_dir: str | Path, device:
         steps[name] = _train_step(model, ReconstructionLoss.from_config(cfg).to(dev), make_optimizer(model, cfg),
                                   autocast_for(dev, cfg.optimization.use_mixed_precision)[0],
                                   cfg.training.grad_clip_max_norm, xrays, ct)
-    return _interleaved(steps, device, repeats, rewarm=True), params, n_train
+    return interleaved(steps, device, repeats, rewarm=True), params, n_train
 
 
 def _train_step(model, loss_fn, optimizer, amp, clip: float, xrays, ct):
