@@ -90,11 +90,16 @@ def test_slices_carry_the_patients_sides_a_numeric_window_and_an_uncertainty_leg
     from xray2ct.viz import orientation_labels
 
     hu = _volume()
-    html = reconstruction_report(tmp_path / "r.html", hu, (2.0,) * 3, {"PA": np.zeros((4, 4))},
+    html = reconstruction_report(tmp_path / "r.html", hu, (2.0,) * 3, {"PA": np.zeros((4, 4)), "lateral": np.ones((4, 4))},
                                  std_hu=np.full_like(hu, 30.0)).read_text(encoding="utf-8")
+    sides = lambda view: dict(re.findall(r'<span class="side (\w+)">(\w)</span>', view))  # noqa: E731
     for plane in ("axial", "coronal", "sagittal"):
         view = re.search(rf'<div class="view"><canvas id="c-{plane}"></canvas>(.*?)</div>', html).group(1)
-        assert dict(re.findall(r'<span class="side (\w+)">(\w)</span>', view)) == orientation_labels(plane)
+        assert sides(view) == orientation_labels(plane)
+    # the input films too: a PA shows the patient's right on the left, a lateral the front on the left
+    pa, lat = re.findall(r'<div class="view"><img [^>]*>(.*?)</div>', html)
+    assert sides(pa) == {"top": "S", "bottom": "I", "left": "R", "right": "L"}
+    assert sides(lat) == {"top": "S", "bottom": "I", "left": "A", "right": "P"}
     assert 'id="wl-c" value="40"' in html and 'id="wl-w" value="400"' in html  # soft tissue, the default preset
     assert '<option value="custom">' in html and 'id="readout"' in html
     legend = re.search(r'<span id="legend"[^>]*>(.*?)</span>', html).group(1)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from xray2ct.fileio import atomic_path
-from xray2ct.viz import PLANE_AXIS, PLANES, WINDOWS, orientation_labels, plane_axes, uncertainty_scale
+from xray2ct.viz import PLANE_AXIS, PLANES, WINDOWS, XRAY_PLANE, orientation_labels, plane_axes, uncertainty_scale
 
 MAX_SIDE = 128  # volumes are subsampled to at most this many voxels per axis (keeps the file small)
 MAX_FACES = 60_000  # the canvas renderer stays interactive below this
@@ -94,10 +94,14 @@ def _page(title: str, sections: list[str], volume: dict | None = None, mesh: dic
             .replace("__DATA__", data.replace("</", "<\\/")))
 
 
+def _sides(plane: str) -> str:
+    """The patient's side at each edge of a picture of `plane`, as letters laid over it."""
+    return "".join(f'<span class="side {edge}">{side}</span>' for edge, side in orientation_labels(plane).items())
+
+
 def _plane_figure(plane: str) -> str:
     """One slice canvas with the patient's side written at each edge, its slider and caption."""
-    sides = "".join(f'<span class="side {edge}">{side}</span>' for edge, side in orientation_labels(plane).items())
-    return (f'<figure><div class="view"><canvas id="c-{plane}"></canvas>{sides}</div>'
+    return (f'<figure><div class="view"><canvas id="c-{plane}"></canvas>{_sides(plane)}</div>'
             f'<input type="range" id="s-{plane}" min="0" aria-label="{plane} slice">'
             f'<figcaption>{plane} <span id="n-{plane}"></span></figcaption></figure>')
 
@@ -161,8 +165,10 @@ def reconstruction_report(path: str | os.PathLike, hu: np.ndarray, spacing, xray
         mesh: optional `xray2ct.surface.Mesh` (the bone surface).
         details: optional {label: value} shown as a table (checkpoint, sizes, timings).
     """
-    figs = "".join(f'<figure><img src="{png_data_uri(img)}" alt="{html.escape(name)} X-ray">'
-                   f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, img in xrays.items())
+    figs = "".join(f'<figure><div class="view"><img src="{png_data_uri(img)}" alt="{html.escape(name)} X-ray">'
+                   f'{_sides(XRAY_PLANE[name]) if name in XRAY_PLANE else ""}</div>'
+                   f"<figcaption>{html.escape(name)} (as the model reads it)</figcaption></figure>"
+                   for name, img in xrays.items())
     sections = [f'<h2>Input X-rays</h2><div class="row">{figs}</div>']
     if metrics:
         sections.append("<h2>Metrics against the ground truth</h2>"

@@ -48,6 +48,11 @@ def orientation_labels(plane: str) -> dict[str, str]:
             "left": AXIS_SIDES[cols][0], "right": AXIS_SIDES[cols][1]}
 
 
+# A radiograph shows the patient's sides as a slice of this plane does (DESIGN: PA columns follow w,
+# patient right on the left; lateral columns follow h, anterior on the left; rows follow d in both).
+XRAY_PLANE = {"PA": "coronal", "lateral": "sagittal"}
+
+
 def draw_sides(rgb: np.ndarray, sides: dict[str, str]) -> np.ndarray:
     """An RGB uint8 image with the patient's side letters (`orientation_labels`) written at its
     edges, yellow with a dark outline as the report's viewer writes them, readable on any grey."""

@@ -42,8 +42,6 @@ QUEUE_SIZE = 16  # requests waiting beyond this are refused with a "busy" messag
 KEEP_RESULTS = 20  # result folders kept on disk; older ones are deleted
 METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "3D SSIM", "mae": "MAE (HU)"}
 THUMBNAIL_PX = 256
-# which slice of the volume each view looks like: the same patient's sides at the edges
-VIEW_PLANE = {"PA": "coronal", "lateral": "sagittal"}
 SWAP_ADVICE = "Upload the frontal film as the PA and the side view as the lateral"
 WELCOME = "Upload a PA and a lateral X-ray, or pick a bundled example, then press <b>Reconstruct</b>."
 VIEWER_PLACEHOLDER = ('<div class="viewer-placeholder" style="padding:2em;color:#666;border:1px dashed #bbb;'
@@ -105,14 +103,14 @@ def load_view(upload, view: str, size: int):
 def thumbnail(upload, view: str, size: int = THUMBNAIL_PX) -> np.ndarray | None:
     """What the model will read from an upload, with the patient's sides written on it, so a
     user sees which film is which (and a swapped pair at a glance); None when unreadable."""
-    from xray2ct.viz import draw_sides, orientation_labels
+    from xray2ct.viz import XRAY_PLANE, draw_sides, orientation_labels
 
     try:
         _, img = load_view(upload, view, size)
     except UserError:
         return None  # the reason is given when Reconstruct is pressed
     grey = (img.numpy() * 255 + 0.5).astype(np.uint8)
-    return draw_sides(np.repeat(grey[..., None], 3, axis=-1), orientation_labels(VIEW_PLANE[view]))
+    return draw_sides(np.repeat(grey[..., None], 3, axis=-1), orientation_labels(XRAY_PLANE[view]))
 
 
 def _digest(path: Path) -> str:
@@ -318,49 +316,55 @@ def build_app(reconstructor: Reconstructor):
     return app
 
 
+class _StopServer(BaseException):
+    """SIGTERM (what `kill` and service managers send), raised in the main thread like Ctrl-C."""
+
+
+def _raise_stop(signum, frame):
+    raise _StopServer()
+
+
 def serve(checkpoint=None, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
           block: bool = True):
     """Start the app; returns the Gradio app (with block=False the server runs in a thread).
 
-    Blocking, it runs until Ctrl-C or SIGTERM, then stops the server and removes its work
-    folder; it removes it too when the server cannot start (a port in use).
+    Blocking, it runs until Ctrl-C or SIGTERM (even one that comes while it starts), then stops
+    the server and removes its work folder; it removes it too when the server cannot start (a
+    port in use).
     """
     reconstructor = Reconstructor(checkpoint, device=device)
+    app = build_app(reconstructor)
+    app.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    handle_term = block and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_stop) if handle_term else None
+    started = False
     try:
-        app = build_app(reconstructor)
-        app.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
-        examples = {str(ex.pa.parent) for ex in reconstructor.examples}
-        try:
-            # quiet: no "set share=True" hint (a public link is the last thing a medical tool should
-            # suggest); the CLI prints the address itself
-            app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=True,
-                       prevent_thread_lock=True, max_file_size=f"{MAX_UPLOAD_MB}mb", ssr_mode=False,
-                       allowed_paths=[str(reconstructor.workdir), *examples], quiet=True)
-        except OSError as e:
-            raise ServeError(f"cannot listen on {host}:{port} ({str(e).split('. ')[0]}); "
-                             "is another server using that port? Pass --port N") from None
-    except BaseException:
-        reconstructor.close()
-        raise
-    if not block:
-        atexit.register(reconstructor.close)
-        return app
-    try:
-        _wait_for_stop()
+        _launch(app, reconstructor, host, port)
+        started = True
+        if not block:
+            atexit.register(reconstructor.close)
+            return app
+        while True:
+            time.sleep(0.5)
+    except (KeyboardInterrupt, _StopServer):
+        pass  # asked to stop: stop, and clean up below
     finally:
-        app.close()
-        reconstructor.close()
+        if block or not started:
+            if handle_term:
+                signal.signal(signal.SIGTERM, previous)
+            app.close()
+            reconstructor.close()
     return app
 
 
-def _wait_for_stop() -> None:
-    """Until Ctrl-C (KeyboardInterrupt) or SIGTERM (what `kill` and service managers send)."""
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+def _launch(app, reconstructor: Reconstructor, host: str, port: int) -> None:
+    examples = {str(ex.pa.parent) for ex in reconstructor.examples}
     try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        # quiet: no "set share=True" hint (a public link is the last thing a medical tool should
+        # suggest); the CLI prints the address itself
+        app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=True,
+                   prevent_thread_lock=True, max_file_size=f"{MAX_UPLOAD_MB}mb", ssr_mode=False,
+                   allowed_paths=[str(reconstructor.workdir), *examples], quiet=True)
+    except OSError as e:
+        raise ServeError(f"cannot listen on {host}:{port} ({str(e).split('. ')[0]}); "
+                         "is another server using that port? Pass --port N") from None
