@@ -18,7 +18,8 @@ from xray2ct.config import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {name: ROOT / "configs" / f"{name}.json" for name in ("optimized", "baseline", "cpu-small", "gpu-64")}
+CONFIGS = {name: ROOT / "configs" / f"{name}.json" for name in ("optimized", "baseline", "cpu-small", "gpu-64",
+                                                                          "gpu-128")}
 SEED = Path("/work/shared/seed/config_optimized.json")
 SWITCHES = {"attention", "layout", "use_learnable_priors", "use_cnn_branch", "use_multiscale", "use_conditioning",
             "ffn_ratio"}
@@ -55,6 +56,31 @@ def test_gpu_64_is_the_optimized_model_with_the_cpu_small_recipe():
     assert gpu["training"] == {**small["training"], "num_epochs": 30}
     assert gpu["loss"] == small["loss"] and gpu["geometry"] == opt["geometry"]
     assert gpu["optimization"]["use_mixed_precision"] and gpu["data"]["augment"]
+
+
+def test_gpu_128_is_gpu_64_at_the_resolution_of_the_x2ct_preset():
+    from xray2ct.data.presets import PRESETS
+
+    g64, g128 = (config_to_dict(load_config(CONFIGS[n])) for n in ("gpu-64", "gpu-128"))
+    assert g128["model"] == {**g64["model"], "volume_size": 128, "xray_img_size": 256, "token_grid": 16,
+                             "decoder_channels": [128, 64, 32]}  # 16³ tokens, three x2 stages to 128³
+    assert g128["training"] == {**g64["training"], "batch_size": 2, "learning_rate": 0.00025, "num_epochs": 100}
+    assert g128["loss"] == g64["loss"] and g128["geometry"] == g64["geometry"] and g128["optimization"] == g64["optimization"]
+    x2ct, cfg = PRESETS["x2ct"], load_config(CONFIGS["gpu-128"])
+    assert (cfg.model.volume_size, cfg.geometry.fov_mm) == (x2ct.size, x2ct.fov_mm)  # 2.5 mm voxels, as prepared
+    assert cfg.model.xray_img_size == x2ct.xray_size and cfg.data.max_patients >= 1018  # every LIDC-IDRI scan
+
+
+@pytest.mark.slow
+def test_gpu_128_fits_a_40_gb_gpu_at_batch_2():
+    """What `xray2ct info` measures, at batch 2: the fp32 tensors autograd saves (bf16 saves
+    fewer bytes) plus fp32 weights, gradients and AdamW's two moments, within half of 40 GB;
+    the other half is headroom for temporaries, cuDNN workspace and allocator slack."""
+    from xray2ct.models.summary import model_summary
+
+    summary = model_summary(load_config(CONFIGS["gpu-128"]), batch_size=2)
+    total = summary["activation_bytes"] + 4 * 4 * summary["params_total"]
+    assert total < 0.5 * 40e9, f"{total / 2**30:.1f} GiB"
 
 
 def test_baseline_differs_from_optimized_only_in_the_switches():

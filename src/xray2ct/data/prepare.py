@@ -173,10 +173,9 @@ def _collect(paths, report: PrepareReport, record: dict, workers: int, progress:
     if not folders:
         return jobs
     patients = dicomtree.scan(folders, workers=workers, progress=progress)
-    found = {os.path.realpath(s.folder) for c in patients.values() for s in c.series()}
+    found = [s.folder for c in patients.values() for s in c.series()]
     for folder in folders:
-        root = os.path.realpath(folder)
-        if not any(f == root or f.startswith(root + os.sep) for f in found):
+        if not any(_inside(f, folder) for f in found):
             report.failed.append((str(folder), "no DICOM image series found in this folder or below it"))
     for pid, choice in patients.items():
         label = f"patient {pid or '(no PatientID)'}"
@@ -186,20 +185,23 @@ def _collect(paths, report: PrepareReport, record: dict, workers: int, progress:
             if choice.has_ct():  # a patient with only radiographs or localizers is no CT case: nothing failed
                 report.failed.append((label, choice.why_none()))
             continue
-        root = next(f for f in folders if os.path.realpath(choice.chosen.folder).startswith(os.path.realpath(f)))
+        root = next((f for f in folders if _inside(choice.chosen.folder, f)), folders[0])
         case_id = unique(dicomtree.patient_case_id(pid, fallback=case_id_for(root)))
         jobs.append(_Job(case_id, f"{label} ({choice.chosen.folder})", dicom=choice.chosen.geometry.paths))
     report.notes += dicomtree.summary_lines(patients)
     return jobs
 
 
+def _inside(path, folder) -> bool:
+    """Whether `path` is `folder` or below it (symlinks resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def _make_case(out: str, job: _Job, preset: Preset, spacing) -> str | None:
     """Write one case; returns None, or the problem as one line (a batch run keeps going)."""
     from xray2ct.data.ctio import load_dicom_series
 
-    folder = Path(out) / job.case_id
-    for stale in folder.glob(f".{job.case_id}*"):  # temp files of a killed run (atomic_path names them so)
-        stale.unlink(missing_ok=True)
     try:
         if job.dicom:
             hu, sp = load_dicom_series(job.dicom, Path(job.dicom[0]).parent)
