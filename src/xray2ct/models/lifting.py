@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xray2ct.geometry import Geometry, get_view
+from xray2ct.interpolation import linear_weights
 from xray2ct.models.conditioning import init_near_zero_
 
 SAMPLE_MODES = ("bilinear", "nearest")
@@ -30,14 +31,7 @@ def tent_weights(coord: torch.Tensor, size: int) -> torch.Tensor:
     coord (...,) normalized in [-1, 1] -> (..., size): the weight of each input pixel; taps
     that fall outside the image are dropped, exactly as grid_sample's zero padding does.
     """
-    pix = ((coord + 1) * size - 1) / 2  # pixel units, pixel centres at integers
-    left = pix.floor()
-    frac = pix - left
-    weights = coord.new_zeros(*coord.shape, size)
-    for index, w in ((left, 1 - frac), (left + 1, frac)):
-        inside = (index >= 0) & (index <= size - 1)
-        weights.scatter_add_(-1, index.clamp(0, size - 1).long().unsqueeze(-1), (w * inside).unsqueeze(-1))
-    return weights
+    return linear_weights(((coord + 1) * size - 1) / 2, size)  # pixel units, pixel centres at integers
 
 
 class GeometryLifting(nn.Module):

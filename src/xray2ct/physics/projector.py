@@ -4,9 +4,11 @@ Algorithm (Joseph's method, 1982): every ray is walked one volume slice at a tim
 the view's depth axis (h for PA, w for lateral). Where the ray crosses slice k the slice
 is sampled bilinearly; the samples are summed and multiplied by the ray's length between
 two slices. Because our detectors are perpendicular to a volume axis, all rays cross
-slice k on a grid that is the detector grid scaled by 1/magnification(k), so one batched
-`grid_sample` over all K slices does the whole view: no per-ray loop, autograd for free,
-the same code on CPU and CUDA. Each slice is visited exactly once per ray (step = one
+slice k on a grid that is the detector grid scaled by 1/magnification(k): separable, so
+sampling slice k is two small interpolation matrices around it (rows_k @ slice_k @
+cols_k.T) and the whole view is two batched matmuls — no per-ray loop, autograd for free,
+the same code on CPU and CUDA, and a backward pass that is a matmul, not grid_sample's
+scatter (about 5x faster on a CPU at 32³). Each slice is visited exactly once per ray (step = one
 voxel along the depth axis, i.e. <= one voxel along the ray since the cone half-angle is
 small), and bilinear in-slice sampling makes this as accurate as trilinear ray marching
 at half-voxel steps at a fraction of the samples.
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from xray2ct.geometry import Geometry, get_view
+from xray2ct.interpolation import linear_weights
 
 
 def _slices(mu: torch.Tensor, depth_axis: int) -> torch.Tensor:
@@ -29,6 +32,9 @@ def _slices(mu: torch.Tensor, depth_axis: int) -> torch.Tensor:
     raise ValueError(f"depth_axis must be 1 or 2, got {depth_axis}")
 
 
+CHUNK_ELEMENTS = 1 << 24  # bound on the intermediate (slices x batch x rows x cols) per chunk of slices
+
+
 def project_view(mu: torch.Tensor, geometry: Geometry, view: str) -> torch.Tensor:
     """Line integrals of attenuation for one view.
 
@@ -36,16 +42,23 @@ def project_view(mu: torch.Tensor, geometry: Geometry, view: str) -> torch.Tenso
     """
     v = get_view(view)
     slices = _slices(mu, v.depth_axis)  # (K, B, D, X)
+    k, b, d, x = slices.shape
     d_mm, c_mm, step_mm = geometry.ray_in_slice(view, mu.device, slices.dtype)
-    half_d = max((geometry.volume_shape[0] - 1) / 2 * geometry.voxel_mm[0], 1e-12)
-    half_c = max((geometry.volume_shape[v.col_axis] - 1) / 2 * geometry.voxel_mm[v.col_axis], 1e-12)
-    rows, cols = geometry.det_shape
-    k = slices.shape[0]
-    grid = torch.stack(
-        [(c_mm / half_c).expand(k, rows, cols), (d_mm / half_d).expand(k, rows, cols)], dim=-1
-    )  # (K, R, C, 2) as (x=col axis, y=d), align_corners=True
-    samples = F.grid_sample(slices, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return samples.sum(0) * step_mm  # (B, R, C)
+    # Where each pixel's ray crosses slice k, in voxel units of the slice (centres at 0 … n-1):
+    # rows depend only on (k, row) and columns only on (k, col), so bilinear sampling of the
+    # slice is rows_k @ slice_k @ cols_k.T with two sparse interpolation matrices.
+    rows = linear_weights(d_mm[:, :, 0] / geometry.voxel_mm[0] + (d - 1) / 2, d)  # (K, R, D)
+    cols = linear_weights(c_mm[:, 0, :] / geometry.voxel_mm[v.col_axis] + (x - 1) / 2, x)  # (K, C, X)
+    r, c = rows.shape[1], cols.shape[1]
+    chunk = max(1, CHUNK_ELEMENTS // max(b * d * max(r, c), 1))
+    total = None
+    for k0 in range(0, k, chunk):
+        ks = slice(k0, k0 + chunk)
+        t = slices[ks] @ cols[ks].transpose(1, 2)[:, None]  # (k, B, D, C)
+        # sum over slices and their rows in one matmul: (R, k*D) @ (B, k*D, C) -> (B, R, C)
+        part = rows[ks].permute(1, 0, 2).reshape(r, -1) @ t.permute(1, 0, 2, 3).reshape(b, -1, c)
+        total = part if total is None else total + part
+    return total * step_mm  # (B, R, C)
 
 
 def project(mu: torch.Tensor, geometry: Geometry, views=None) -> torch.Tensor:
