@@ -175,9 +175,13 @@ def test_split_files_keep_the_test_list_and_carve_val_from_train(tmp_path, caplo
     assert splits_from_files(files, cases, seed=3) == splits  # seeded
     assert "LIDC-IDRI-0999" in caplog.text  # listed, not prepared
 
-    (tmp_path / "val.txt").write_text(f"{cases[0]}\n")
-    with pytest.raises(XRay2CTInputError, match="also in the train list"):
-        splits_from_files({**files, "val": tmp_path / "val.txt"}, cases)
+    # X2CT-GAN's lists name scans: LIDC-IDRI-0442 has one in each; one case per patient, test wins
+    (tmp_path / "val.txt").write_text(f"{cases[0]}.1\n{cases[37]}.2\n")
+    caplog.clear()
+    overlapping = splits_from_files({**files, "val": tmp_path / "val.txt"}, cases)
+    assert overlapping["test"] == cases[36:] and overlapping["val"] == [cases[0]]
+    assert cases[0] not in overlapping["train"] and len(overlapping["train"]) == 35
+    assert f"{cases[37]} is in the test list too" in caplog.text
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(XRay2CTInputError, match="lists no IDs"):
         splits_from_files({"test": tmp_path / "empty.txt"}, cases)

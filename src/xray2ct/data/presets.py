@@ -6,7 +6,12 @@
         resampled to 1 mm isotropic, a 320 mm cube cropped around the body, resized to
         128³ (2.5 mm voxels), HU in its window -1024 … 1476 (n = (HU + 1024) / 2500 in
         [0, 1]). Fixed size and field of view, so results sit beside the published tables.
-Both render the DRRs with our geometry (`layout.write_case`).
+        Not bit-identical to their scripts (kylekma/X2CT `CT2XRAY/ctpro.py`, and a loader
+        that resizes their stored 256³ volumes to 128³): they remove the table with a body
+        mask, resample with a cubic spline and crop the image centre in-plane and the last
+        320 mm along z; we keep the table, resample trilinearly (anti-aliased on the way
+        down) and centre the cube on the body in all three axes.
+Both render the DRRs with our geometry (`layout.write_case`), not X2CT-GAN's DRRs.
 """
 from __future__ import annotations
 

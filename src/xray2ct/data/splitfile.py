@@ -6,6 +6,10 @@ series (`LIDC-IDRI-0001.20000101.3000566.1`); a line matches the case whose id i
 or the part before its first '.'. Blank lines and lines starting with '#' are skipped.
 `xray2ct prepare --split-file train=train.txt --split-file test=test.txt`.
 
+Their lists name scans, and a few patients have two: LIDC-IDRI-0442 has one scan in each
+list. We prepare one case per patient, so such a patient goes to the first of test, val,
+train that lists it (a test patient never trains), with a warning.
+
 Without a val list, a seeded VAL_FRACTION of the train list becomes val (training picks
 its best checkpoint on val), so the test list stays exactly the paper's.
 """
@@ -65,25 +69,28 @@ def _case_of(line: str, cases: set[str]) -> str | None:
 def splits_from_files(files: dict[str, Path], case_ids, seed: int = 0) -> dict[str, list[str]]:
     """{split: file} and the prepared case ids -> {"train", "val", "test": sorted ids}.
 
-    A case listed in two files is an error; IDs with no prepared case and cases in no
-    file are logged (they are left out).
+    A case listed in several files goes to the first of test, val, train (logged); IDs
+    with no prepared case and cases in no file are logged (they are left out).
     """
     cases = set(case_ids)
     splits: dict[str, list[str]] = {}
     owner: dict[str, str] = {}
-    for name, path in files.items():
+    for name in sorted(files, key=("test", "val", "train").index):  # a test patient never trains
+        path = files[name]
         lines = read_id_list(path)
         matched = {line: _case_of(line, cases) for line in lines}
         unknown = [line for line, case in matched.items() if case is None]
         if unknown:
             log.warning("%s: %d of %d ID(s) have no prepared case (not downloaded, or failed): %s%s", path,
                         len(unknown), len(lines), ", ".join(unknown[:5]), " ..." if len(unknown) > 5 else "")
-        for case in dict.fromkeys(c for c in matched.values() if c is not None):
-            if case in owner and owner[case] != name:
-                raise XRay2CTInputError(f"{path}: {case} is also in the {owner[case]} list ({files[owner[case]]}); "
-                                        "a patient belongs to one split")
+        splits[name] = []
+        for case in sorted({c for c in matched.values() if c is not None}):
+            if case in owner:
+                log.warning("%s: %s is in the %s list too; it stays in %s (one case per patient)", path, case,
+                            owner[case], owner[case])
+                continue
             owner[case] = name
-        splits[name] = sorted({c for c in matched.values() if c is not None})
+            splits[name].append(case)
     if "val" not in splits and "train" in splits:
         train = splits["train"]
         k = max(1, round(VAL_FRACTION * len(train))) if len(train) >= 2 else 0
