@@ -256,7 +256,7 @@ def prepare_cts(paths, out: str | os.PathLike, size: int | None = None, xray_siz
         if problem is None:
             report.done.append(job.case_id)
         else:
-            log.warning("%s: not prepared: %s", job.label, problem)
+            log.info("%s: not prepared: %s", job.label, problem)  # listed by the caller; the CLI prints them
             report.failed.append((job.label, problem))
         bar.update(1)
     bar.close()
@@ -287,4 +287,8 @@ def _run(jobs: list[_Job], out: Path, preset: Preset, spacing, workers: int):
                              initializer=_one_thread) as pool:
         futures = {pool.submit(_make_case, str(out), job, preset, spacing): job for job in jobs}
         for done in as_completed(futures):
-            yield futures[done], done.result()
+            try:
+                problem = done.result()
+            except Exception as e:  # the worker died (killed for memory): this case and the pool's others fail
+                problem = f"worker process failed ({type(e).__name__}: {e}); rerun to retry, maybe with fewer --workers"
+            yield futures[done], problem
