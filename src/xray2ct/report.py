@@ -215,18 +215,18 @@ body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 body.embedded{margin:0 4px;max-width:none}body.embedded>h1,body.embedded>.note{display:none}
 h2{font-size:1.15em;margin:.8em 0 .3em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}
-th{background:#f3f3f3}.row,.viewer{display:flex;flex-wrap:wrap;gap:1em}.viewer{gap:2em}figure{margin:0}
+th{background:#f3f3f3}.row,.viewer{display:flex;flex-wrap:wrap;gap:1em}.viewer{gap:1.5em}figure{margin:0}
 figure img,figure canvas{width:256px;image-rendering:pixelated;background:#000;display:block}
 img.wide{width:100%;max-width:1100px;image-rendering:auto}input[type=range]{width:256px}
 .view{position:relative}.view canvas{cursor:crosshair}
 .side{position:absolute;color:#ffd54a;font:600 13px system-ui,sans-serif;text-shadow:0 0 3px #000,0 0 2px #000;pointer-events:none}
 .side.top{top:2px;left:50%;transform:translateX(-50%)}.side.bottom{bottom:2px;left:50%;transform:translateX(-50%)}
 .side.left{left:4px;top:50%;transform:translateY(-50%)}.side.right{right:4px;top:50%;transform:translateY(-50%)}
-.controls label{margin-right:.8em;white-space:nowrap}.controls input[type=number]{width:5.5em}
+.viewer>section:first-child{flex:0 1 820px}.controls label,#legend{margin-right:.8em;white-space:nowrap}.controls input[type=number]{width:5.5em}
 #legend-bar{vertical-align:middle;border:1px solid #888}
 .readout{font-variant-numeric:tabular-nums;min-height:1.3em;margin:.3em 0}
 #mesh{background:#111;cursor:grab}.note{color:#666;font-size:.9em}
-body.embedded #mesh{width:340px;height:340px}body.embedded .viewer .note{max-width:340px}
+body.embedded #mesh{width:320px;height:320px}body.embedded .viewer .note{max-width:320px}
 </style></head><body class="__CLASS__">
 <h1>__TITLE__</h1>
 __BODY__
