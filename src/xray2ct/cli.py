@@ -177,14 +177,26 @@ def reconstruct(
     report: Optional[Path] = typer.Option(None, help="Also write a self-contained HTML report here (slices, "
                                           "uncertainty, bone surface); with --batch: any value writes "
                                           "{id}_report.html."),
+    refine: bool = typer.Option(True, help="Refine the network's volume so its DRRs match the X-rays, weighted by "
+                                "its own uncertainty (physics-consistent; --no-refine: the network's output exactly)."),
+    refine_steps: Optional[int] = typer.Option(None, min=0, help="Most refinement steps (default: the model's, "
+                                               "early stopping may end sooner)."),
+    refine_size: Optional[int] = typer.Option(None, min=8, help="Refine on an N³ grid (the network's volume "
+                                              "upsampled as the prior); default: the network's size."),
 ):
     """Reconstruct a CT volume (HU) from a PA and a lateral X-ray."""
+    import logging
+
     from xray2ct.engine import reconstruct as R
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    refinement = R.RefineOptions(enabled=refine, steps=refine_steps, size=refine_size)
 
     if batch is not None:
         done = R.reconstruct_batch(batch, out, checkpoint=checkpoint, device=device, upscale=upscale, fmt=format_,
                                    overwrite=overwrite, uncertainty=uncertainty is not None,
-                                   preview=preview is not None, progress=True, report=report is not None)
+                                   preview=preview is not None, progress=True, report=report is not None,
+                                   refine=refinement)
         console.print(f"written {len(done.done)}, skipped (exist; --overwrite to redo) {len(done.skipped)}, "
                       f"failed {len(done.failed)} -> {out}")
         if done.failed:
@@ -198,7 +210,7 @@ def reconstruct(
     if missing:
         raise typer.BadParameter(f"{' and '.join(missing)} required (or --batch DIR)", param_hint=missing[0])
     path = R.reconstruct(pa, lat, out, checkpoint=checkpoint, uncertainty=uncertainty, preview=preview, device=device,
-                         upscale=upscale, fmt=format_, overwrite=overwrite, report=report)
+                         upscale=upscale, fmt=format_, overwrite=overwrite, report=report, refine=refinement)
     extras = [str(p) for p in (uncertainty, preview, report) if p is not None]
     console.print(f"[green]wrote[/green] {path}" + (f" (+ {', '.join(extras)})" if extras else ""))
 

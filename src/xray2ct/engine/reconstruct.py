@@ -31,6 +31,8 @@ from xray2ct.checkpoint import CheckpointError
 from xray2ct.errors import UserError
 from xray2ct.fileio import atomic_path, fsync_tree, new_temp_folder
 from xray2ct.physics.hu import HU_MIN, HU_RANGE, unit_to_hu
+from xray2ct.refine import RefineResult, reproject, upsample
+from xray2ct.refine import refine as run_refine
 
 log = logging.getLogger(__name__)
 
@@ -286,17 +288,62 @@ class Reconstruction:
     hu: np.ndarray  # (D, H, W) HU
     std_hu: np.ndarray | None  # (D, H, W) predicted std in HU; None: not asked for, or no log_var
     spacing: tuple[float, float, float]  # mm: fov_mm / size per axis
+    refinement: RefineResult | None = None  # what physics-consistent refinement did; None: not refined
+    reprojected: torch.Tensor | None = None  # (1, 2, S, S) the result's DRRs on the inputs' intensities
 
 
-def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_std: bool = True) -> Reconstruction:
-    """xrays (1, 2, S, S) -> the volume in HU and its uncertainty, resampled to `upscale` (D, H, W)."""
+@dataclass(frozen=True)
+class RefineOptions:
+    """What the user asked of refinement; the model's config (`refine` section) fills in the rest."""
+
+    enabled: bool = True
+    steps: int | None = None  # None: the model's refine.steps
+    size: int | None = None  # refine on an N³ grid (prior upsampled); None: the network's grid
+
+    def settings(self, cfg):
+        """The model's RefineConfig with the user's steps, or None when refinement is off."""
+        import dataclasses
+
+        if not self.enabled:
+            return None
+        return cfg.refine if self.steps is None else dataclasses.replace(cfg.refine, steps=self.steps)
+
+
+NO_REFINE = RefineOptions(enabled=False)
+MAX_REFINE_STEPS = 10_000
+MAX_REFINE_SIZE = 256  # refinement grid side: 256³ is ~1 min per step on a CPU
+
+
+def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_std: bool = True,
+                     refine: RefineOptions = NO_REFINE) -> Reconstruction:
+    """xrays (1, 2, S, S) -> the volume in HU and its uncertainty, resampled to `upscale` (D, H, W).
+
+    With refinement enabled, the network's volume is corrected against the X-rays
+    (`xray2ct.refine`, the model's geometry) before any upscaling.
+    """
     volume, log_var = predict(model, xrays, dev)
+    result = None
+    size = refine.size or volume.shape[-1]
+    geometry = cfg.geometry.build(size, xrays.shape[-1])
+    settings = refine.settings(cfg)
+    if settings is not None and log_var is None:
+        warnings.warn("this model predicts no uncertainty (no log_var output), which refinement weighs its "
+                      "prior by; the network's volume is used as it is", stacklevel=2)
+    elif settings is not None:
+        volume, log_var = upsample(volume, size), upsample(log_var, size)
+        result = run_refine(volume.to(dev), log_var.to(dev), xrays.to(dev), geometry, settings,
+                            mu_water=cfg.geometry.mu_water)
+        volume = result.volume.cpu()
+        log.info("refined in %d steps (%.1f s): image error %.5f -> %.5f", result.steps, result.seconds,
+                 result.data_before, result.data_after)
+    with torch.no_grad():
+        reprojected = reproject(volume, xrays, geometry, cfg.refine.fog_order, cfg.geometry.mu_water)
     volume = _upscale(volume, upscale)
     hu = unit_to_hu(volume)[0, 0].numpy()
     std = None
     if with_std and log_var is not None:  # skipped when unused: at an upscaled size it is a large resample
-        std = uncertainty_hu(_upscale(log_var, upscale))[0, 0].numpy()
-    return Reconstruction(volume, hu, std, tuple(cfg.geometry.fov_mm / n for n in hu.shape))
+        std = uncertainty_hu(_upscale(log_var, upscale))[0, 0].numpy() * cfg.refine.sigma_scale
+    return Reconstruction(volume, hu, std, tuple(cfg.geometry.fov_mm / n for n in hu.shape), result, reprojected)
 
 
 def _upscale(vol: torch.Tensor, upscale) -> torch.Tensor:
@@ -349,9 +396,11 @@ class _Job:
     preview: Path | None
     upscale: tuple | None
     report: Path | None = None
+    refine: RefineOptions = NO_REFINE
 
     @classmethod
-    def check(cls, out, fmt, uncertainty, preview, upscale, overwrite, report=None) -> "_Job":
+    def check(cls, out, fmt, uncertainty, preview, upscale, overwrite, report=None,
+              refine: RefineOptions = NO_REFINE) -> "_Job":
         out = Path(out)
         _check_output(out, fmt, overwrite)
         unc = None if uncertainty is None else Path(uncertainty)
@@ -372,11 +421,15 @@ class _Job:
         paths = [p.resolve() for p in (out, unc, prev, rep) if p is not None]
         if len(set(paths)) != len(paths):
             raise ReconstructionError(f"output paths must differ: {', '.join(map(str, paths))}")
-        return cls(out, fmt, unc, prev, _check_upscale(upscale), rep)
+        if refine.steps is not None and not 0 <= refine.steps <= MAX_REFINE_STEPS:
+            raise ReconstructionError(f"--refine-steps must be in 0 … {MAX_REFINE_STEPS}, got {refine.steps}")
+        if refine.size is not None and not 8 <= refine.size <= MAX_REFINE_SIZE:
+            raise ReconstructionError(f"--refine-size must be in 8 … {MAX_REFINE_SIZE}, got {refine.size}")
+        return cls(out, fmt, unc, prev, _check_upscale(upscale), rep, refine)
 
     def run(self, model, cfg, dev, xrays: torch.Tensor, title: str | None = None) -> Path:
         rec = reconstruct_pair(model, cfg, dev, xrays, self.upscale,
-                               with_std=bool(self.uncertainty or self.preview or self.report))
+                               with_std=bool(self.uncertainty or self.preview or self.report), refine=self.refine)
         hu, std, spacing = rec.hu, rec.std_hu, rec.spacing
         if self.uncertainty is not None and std is None:
             raise ReconstructionError(f"{self.uncertainty}: this model predicts no uncertainty (no log_var output)")
@@ -394,7 +447,7 @@ class _Job:
 
 def reconstruct(pa, lat, out, checkpoint=None, uncertainty=None, preview=None, device: str = "auto",
                 upscale: tuple[int, int, int] | None = None, fmt: str = "nifti", overwrite: bool = False,
-                report=None) -> Path:
+                report=None, refine: RefineOptions = RefineOptions()) -> Path:
     """Reconstruct one CT from a PA and a lateral radiograph; returns the written volume's path.
 
     Args:
@@ -408,8 +461,10 @@ def reconstruct(pa, lat, out, checkpoint=None, uncertainty=None, preview=None, d
         fmt: "nifti" | "npy" | "dicom".
         overwrite: replace existing outputs instead of refusing.
         report: optional .html path for a self-contained report (slices, uncertainty, bone surface).
+        refine: physics-consistent refinement against the X-rays (on by default; NO_REFINE: the
+            network's volume exactly).
     """
-    job = _Job.check(out, fmt, uncertainty, preview, upscale, overwrite, report)
+    job = _Job.check(out, fmt, uncertainty, preview, upscale, overwrite, report, refine)
     model, cfg, dev = load_for_inference(checkpoint, device)
     xrays = load_pair(pa, lat, cfg.model.xray_img_size)
     path = job.run(model, cfg, dev, xrays, title=f"{Path(pa).name} + {Path(lat).name}")
@@ -457,7 +512,8 @@ def find_pairs(folder: str | os.PathLike) -> tuple[dict[str, tuple[Path, Path]],
 
 def reconstruct_batch(folder, out_dir, checkpoint=None, device: str = "auto", upscale=None, fmt: str = "nifti",
                       overwrite: bool = False, uncertainty: bool = False, preview: bool = False,
-                      progress: bool = True, report: bool = False) -> BatchReport:
+                      progress: bool = True, report: bool = False,
+                      refine: RefineOptions = RefineOptions()) -> BatchReport:
     """Reconstruct every pair in `folder` into out_dir/{id}.nii.gz (.npy, or {id}/ for DICOM).
 
     Optional out_dir/{id}_uncertainty.nii.gz, {id}_preview.png and {id}_report.html. A pair that
@@ -486,7 +542,7 @@ def reconstruct_batch(folder, out_dir, checkpoint=None, device: str = "auto", up
         try:  # the extras are checked too: an existing {id}_report.html is not replaced without overwrite
             job = _Job.check(out, fmt, out_dir / f"{cid}_uncertainty.nii.gz" if uncertainty else None,
                              out_dir / f"{cid}_preview.png" if preview else None, upscale, overwrite=overwrite,
-                             report=out_dir / f"{cid}_report.html" if report else None)
+                             report=out_dir / f"{cid}_report.html" if report else None, refine=refine)
             xrays = load_pair(pa, lat, cfg.model.xray_img_size)
             result.done.append((cid, job.run(model, cfg, dev, xrays, title=cid)))
         except UserError as e:
