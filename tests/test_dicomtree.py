@@ -164,13 +164,14 @@ def test_prepare_x2ct_one_case_per_good_patient_and_exit_1(tree, tmp_path):
     record = json.loads((out / "prepare_report.json").read_text())
     assert [f["input"] for f in record["failed"]] == ["patient P002"]
     assert record["series"]["P001"]["chosen"]["slice_mm"] == 1.25 and len(record["series"]["P001"]["ignored"]) == 2
-    assert json.loads((out / "prepare.json").read_text())["name"] == "x2ct"
+    assert json.loads((out / "prepare.json").read_text())["preset"] == "x2ct"
 
     again = runner.invoke(app, args)  # resumable: nothing redone, still failing for P002
     assert again.exit_code == 1 and "skipped (already there) 1" in again.output
     other = runner.invoke(app, ["prepare", "--ct", str(tree["root"]), "--out", str(out), "--size", "32"])
     assert isinstance(other.exception, XRay2CTInputError)
     assert str(out) in str(other.exception) and "size 128 (this run: 32)" in str(other.exception)
+    assert "preset x2ct (this run: ours)" in str(other.exception)
     fixed = runner.invoke(app, ["prepare", "--ct", str(tree["root"]), "--out", str(tmp_path / "o"), "--preset", "x2ct",
                                 "--size", "64"])
     assert isinstance(fixed.exception, XRay2CTInputError) and "fixes size 128" in str(fixed.exception)

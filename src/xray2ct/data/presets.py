@@ -37,8 +37,7 @@ class Preset:
         """What a dataset folder records about how its cases were made (`prepare.json`)."""
         d = asdict(self)
         d.pop("fixed")
-        d["hu_window"] = list(self.hu_window)
-        return d
+        return {"preset": d.pop("name"), **d, "hu_window": list(self.hu_window)}
 
 
 PRESETS = {
