@@ -90,7 +90,8 @@ def test_slices_carry_the_patients_sides_a_numeric_window_and_an_uncertainty_leg
     from xray2ct.viz import orientation_labels
 
     hu = _volume()
-    html = reconstruction_report(tmp_path / "r.html", hu, (2.0,) * 3, {"PA": np.zeros((4, 4)), "lateral": np.ones((4, 4))},
+    films = {"PA": np.zeros((4, 4)), "lateral": np.ones((4, 4))}
+    html = reconstruction_report(tmp_path / "r.html", hu, (2.0,) * 3, films,
                                  std_hu=np.full_like(hu, 30.0)).read_text(encoding="utf-8")
     sides = lambda view: dict(re.findall(r'<span class="side (\w+)">(\w)</span>', view))  # noqa: E731
     for plane in ("axial", "coronal", "sagittal"):
@@ -104,7 +105,7 @@ def test_slices_carry_the_patients_sides_a_numeric_window_and_an_uncertainty_leg
     assert '<option value="custom">' in html and 'id="readout"' in html
     legend = re.search(r'<span id="legend"[^>]*>(.*?)</span>', html).group(1)
     assert "predicted std" in legend and "30 HU" in legend  # the top of the colour scale, in HU
-    plain = reconstruction_report(tmp_path / "p.html", hu, (2.0,) * 3, {"PA": np.zeros((4, 4))}).read_text(encoding="utf-8")
+    plain = reconstruction_report(tmp_path / "p.html", hu, (2.0,) * 3, films).read_text(encoding="utf-8")
     assert 'id="legend"' not in plain and 'id="wl-c"' in plain  # no uncertainty: no legend, still a window
 
 

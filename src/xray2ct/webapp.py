@@ -333,12 +333,12 @@ def serve(checkpoint=None, host: str = "127.0.0.1", port: int = 7860, device: st
     port in use).
     """
     reconstructor = Reconstructor(checkpoint, device=device)
-    app = build_app(reconstructor)
-    app.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     handle_term = block and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_stop) if handle_term else None
-    started = False
+    app, started = None, False
     try:
+        app = build_app(reconstructor)
+        app.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
         _launch(app, reconstructor, host, port)
         started = True
         if not block:
@@ -347,12 +347,15 @@ def serve(checkpoint=None, host: str = "127.0.0.1", port: int = 7860, device: st
         while True:
             time.sleep(0.5)
     except (KeyboardInterrupt, _StopServer):
-        pass  # asked to stop: stop, and clean up below
+        if not block:
+            raise
+        # asked to stop: stop, and clean up below
     finally:
         if block or not started:
             if handle_term:
                 signal.signal(signal.SIGTERM, previous)
-            app.close()
+            if app is not None:
+                app.close()
             reconstructor.close()
     return app
 
