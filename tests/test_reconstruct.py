@@ -1,5 +1,8 @@
 """`xray2ct reconstruct` with a tiny untrained model: formats, orientation, upscaling,
-extras, every bad input, refusal to overwrite, atomic writes, batch mode, the CLI."""
+extras, every bad input, refusal to overwrite, atomic writes, batch mode, the CLI.
+
+Refinement is off here (these check the network's output through every path, and an
+untrained model's σ makes refinement meaningless); tests/test_refine.py covers it."""
 from __future__ import annotations
 
 import errno
@@ -46,7 +49,7 @@ def env(tmp_path_factory):
 
 def run(env, out, **kw):
     kw.setdefault("device", "cpu")
-    return R.reconstruct(env["pa"], env["lat"], out, checkpoint=env["ckpt"], **kw)
+    return R.reconstruct(env["pa"], env["lat"], out, checkpoint=env["ckpt"], **{"refine": R.NO_REFINE, **kw})
 
 
 def expected_hu(env, upscale=None) -> np.ndarray:
@@ -291,21 +294,22 @@ def test_batch_reports_broken_pairs_and_does_the_rest(env, tmp_path):
     shutil.copy(env["pa"], sub / "case7_pa_drr.png")
     shutil.copy(env["lat"], sub / "case7_lat_drr.png")
     out = tmp_path / "out"
-    report = R.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", uncertainty=True, progress=False)
+    report = R.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", uncertainty=True, progress=False,
+                                 refine=R.NO_REFINE)
     assert sorted(cid for cid, _ in report.done) == ["case7", "good"]
     failed = dict(report.failed)
     assert sorted(failed) == ["bad", "lonely"]
     assert "bad_lat.png" in failed["bad"] and "no lat" in failed["lonely"]
     assert np.abs(load_volume(out / "good.nii.gz")[0] - expected_hu(env)).max() <= 0.5 + 1e-3
     assert (out / "good_uncertainty.nii.gz").is_file() and not (out / "bad.nii.gz").exists()
-    again = R.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", progress=False)
+    again = R.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", progress=False, refine=R.NO_REFINE)
     assert sorted(cid for cid, _ in again.skipped) == ["case7", "good"] and not again.done
 
 
 def test_batch_without_pairs_is_an_error(env, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(R.ReconstructionError, match="no complete X-ray pair"):
-        R.reconstruct_batch(tmp_path, tmp_path / "o", checkpoint=env["ckpt"], progress=False)
+        R.reconstruct_batch(tmp_path, tmp_path / "o", checkpoint=env["ckpt"], progress=False, refine=R.NO_REFINE)
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -313,24 +317,26 @@ def test_cli_reconstruct_and_missing_file(env, tmp_path):
     from xray2ct.cli import app
 
     runner = CliRunner()
-    ok = runner.invoke(app, ["reconstruct", "--pa", str(env["pa"]), "--lat", str(env["lat"]), "--checkpoint",
+    ok = runner.invoke(app, ["reconstruct", "--no-refine", "--pa", str(env["pa"]), "--lat", str(env["lat"]),
+                             "--checkpoint",
                              str(env["ckpt"]), "--out", str(tmp_path / "v.npy"), "--format", "npy",
                              "--device", "cpu", "--upscale", "8", "8", "8"])
     assert ok.exit_code == 0, ok.output
     assert np.load(tmp_path / "v.npy").shape == (8, 8, 8)
     missing = tmp_path / "nope_pa.png"
-    res = runner.invoke(app, ["reconstruct", "--pa", str(missing), "--lat", str(env["lat"]),
+    res = runner.invoke(app, ["reconstruct", "--no-refine", "--pa", str(missing), "--lat", str(env["lat"]),
                               "--checkpoint", str(env["ckpt"]), "--out", str(tmp_path / "v.nii.gz")])
     assert res.exit_code != 0 and isinstance(res.exception, UserError)
     assert str(missing) in str(res.exception) and "\n" not in str(res.exception)
-    usage = runner.invoke(app, ["reconstruct", "--out", str(tmp_path / "v.nii.gz")])
+    usage = runner.invoke(app, ["reconstruct", "--no-refine", "--out", str(tmp_path / "v.nii.gz")])
     assert usage.exit_code == 2 and "--pa" in usage.output
 
 
 def test_console_script_prints_one_line(env, tmp_path):
     exe = Path(sys.executable).parent / "xray2ct"
     missing = tmp_path / "nope.png"
-    proc = subprocess.run([str(exe), "reconstruct", "--pa", str(missing), "--lat", str(env["lat"]), "--checkpoint",
+    proc = subprocess.run([str(exe), "reconstruct", "--no-refine", "--pa", str(missing), "--lat", str(env["lat"]),
+                           "--checkpoint",
                            str(env["ckpt"]), "--out", str(tmp_path / "v.nii.gz")],
                           capture_output=True, encoding="utf-8", errors="replace", timeout=120, env={"COLUMNS": "300", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2
@@ -346,18 +352,20 @@ def test_batch_writes_extras_only_when_asked_and_never_over_existing_ones(env, t
         shutil.copy(env["pa"], folder / f"{cid}_pa.png")
         shutil.copy(env["lat"], folder / f"{cid}_lat.png")
     out = tmp_path / "out"
-    plain = R.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", progress=False)
+    plain = R.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", progress=False, refine=R.NO_REFINE)
     assert len(plain.done) == 2
     assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz"]  # no report, preview or std
     out2 = tmp_path / "out2"
     out2.mkdir()
     (out2 / "a_report.html").write_text("precious")
-    result = R.reconstruct_batch(folder, out2, checkpoint=env["ckpt"], device="cpu", progress=False, report=True)
+    result = R.reconstruct_batch(folder, out2, checkpoint=env["ckpt"], device="cpu", progress=False,
+                                 refine=R.NO_REFINE, report=True)
     assert [cid for cid, _ in result.done] == ["b"] and (out2 / "b_report.html").is_file()
     failed = dict(result.failed)
     assert "a_report.html" in failed["a"] and "--overwrite" in failed["a"]
     assert (out2 / "a_report.html").read_text() == "precious" and not (out2 / "a.nii.gz").exists()
-    again = R.reconstruct_batch(folder, out2, checkpoint=env["ckpt"], device="cpu", progress=False, report=True,
+    again = R.reconstruct_batch(folder, out2, checkpoint=env["ckpt"], device="cpu", progress=False,
+                                refine=R.NO_REFINE, report=True,
                                 overwrite=True)
     assert len(again.done) == 2 and (out2 / "a_report.html").read_text() != "precious"
 
@@ -371,7 +379,7 @@ def test_cli_batch_exits_non_zero_when_a_pair_failed(env, tmp_path):
     shutil.copy(env["lat"], folder / "good_lat.png")
     shutil.copy(env["pa"], folder / "bad_pa.png")
     (folder / "bad_lat.png").write_bytes(b"not an image")
-    res = CliRunner().invoke(app, ["reconstruct", "--batch", str(folder), "--out", str(tmp_path / "o"),
+    res = CliRunner().invoke(app, ["reconstruct", "--no-refine", "--batch", str(folder), "--out", str(tmp_path / "o"),
                                    "--checkpoint", str(env["ckpt"]), "--device", "cpu"])
     assert res.exit_code == 1, res.output
     assert (tmp_path / "o" / "good.nii.gz").is_file() and "bad" in res.output

@@ -237,15 +237,24 @@ def quality_suite(data_dir: str | os.PathLike, device: str = "cpu", *,
     return result
 
 
+def refine_suite(device: str = "cpu", checkpoint=None, quick: bool = False, images_dir=None) -> SuiteResult:
+    """Refinement and calibration on fresh phantoms (`xray2ct.refine_suite`)."""
+    from xray2ct.refine_suite import refine_suite as run
+
+    sizes = dict(n_val=2, n_test=2, n_curve=1, n_fine=1) if quick else {}
+    return run(checkpoint, device, images_dir=images_dir, quick=quick, **sizes)
+
+
 SUITES = {"projector": projector_suite, "data": data_suite, "components": components_suite, "model": model_suite,
-          "quality": quality_suite}
+          "quality": quality_suite, "refine": refine_suite}
 
 
 def run_suite(name: str, device: str = "cpu", quick: bool = False, images_dir: str | os.PathLike | None = None,
               **quality_options) -> SuiteResult:
     """One suite at its default sizes, or tiny ones with quick=True (a smoke run).
 
-    quality_options: quality_suite's keyword arguments (data_dir is required for "quality").
+    quality_options: quality_suite's keyword arguments (data_dir is required for "quality");
+        "refine" takes `checkpoint` from them.
     """
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; valid: {', '.join(SUITES)}")
@@ -260,6 +269,8 @@ def run_suite(name: str, device: str = "cpu", quick: bool = False, images_dir: s
                                 heads=2 if quick else 8, repeats=2 if quick else 3, images_dir=images_dir)
     if name == "model":
         return model_suite(device, sizes=(16,) if quick else (32, 64), repeats=1 if quick else 3, memory=not quick)
+    if name == "refine":
+        return refine_suite(device, checkpoint=quality_options.get("checkpoint"), quick=quick, images_dir=images_dir)
     if quick:
         from xray2ct.quality import QUICK_OVERRIDES
 

@@ -139,13 +139,16 @@ def evaluate(
     montages: Optional[int] = typer.Option(None, min=0, help="Montages for the first this-many cases (default: all)."),
     report: bool = typer.Option(False, help="Also write OUT/report.html: a self-contained page with the metrics, "
                                 "montages and the first case's volume and bone surface."),
+    refine: bool = typer.Option(False, help="Score the physics-refined volumes (as `reconstruct --refine` makes "
+                                "them); also reports the gain over the network alone."),
 ):
     """Metrics per case (ours and the X2CT-GAN protocol, projection consistency), summary with 95% CIs, montages."""
     from xray2ct.engine.evaluate import METRICS
     from xray2ct.engine.evaluate import evaluate as run_evaluation
 
     result = run_evaluation(checkpoint, data, split=None if split == "all" else split, out=out, device=device,
-                            batch_size=batch_size, montages=montages, progress=True, report=report)
+                            batch_size=batch_size, montages=montages, progress=True, report=report,
+                            refine=refine)
     t = Table("metric", "protocol", "mean", "std", "95% CI", "n", title=f"{result.summary['split']} split, "
               f"{result.summary['n_cases']} case(s)")
     for name, s in result.summary["metrics"].items():
@@ -154,6 +157,10 @@ def evaluate(
         t.add_row(name, s["protocol"], f"{s['mean']:.4g}{unit}", "-" if s["std"] is None else f"{s['std']:.3g}", ci,
                   str(s["n"]))
     Console().print(t)
+    if refine:
+        r = result.summary["refinement"]
+        Console().print(f"refinement: PSNR {r['psnr_gain_db']['mean']:+.2f} dB over the network alone (worst "
+                        f"{r['worst_gain_db']:+.2f} dB), {r['seconds_per_case']['mean']:.1f} s per case")
     console.print(f"per_case.csv, summary.json{', report.html' if report else ''} and {len(result.montages)} "
                   f"montage(s) in {result.out}")
 
@@ -234,7 +241,8 @@ def info(
 
 @app.command()
 def benchmark(
-    suite: str = typer.Option("all", help="projector | data | components | model | quality | all"),
+    suite: str = typer.Option("all", help="projector | data | components | model | quality | refine | all"),
+    checkpoint: Optional[Path] = typer.Option(None, help="refine: the model to refine with; default: bundled weights."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     out: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update (its section per "
                                        "suite); figures go to images/ beside it."),
@@ -267,7 +275,8 @@ def benchmark(
     for name in names:
         console.print(f"running suite [bold]{name}[/bold] on {device} …")
         options = dict(data_dir=data, budget_s=budget, variants=variants, config=config, runs_dir=runs)
-        result = run_suite(name, device, quick=quick, images_dir=images, **(options if name == "quality" else {}))
+        options = options if name == "quality" else {"checkpoint": checkpoint} if name == "refine" else {}
+        result = run_suite(name, device, quick=quick, images_dir=images, **options)
         Console().print(result.markdown)
         if out is not None:
             write_section(out, name, result, command, device)

@@ -40,7 +40,7 @@ MAX_INT = {
     "training.num_epochs": 100_000, "training.batch_size": 4096, "training.warmup_epochs": 100_000,
     "training.grad_accum_steps": 4096, "training.seed": 2**32 - 1, "training.max_bad_steps": 1_000_000,
     "data.max_patients": 10**9, "data.num_workers": 256, "data.prefetch_factor": 1024,
-    "refine.steps": 100_000, "refine.patience": 100_000, "refine.fog_order": 6,
+    "refine.steps": 100_000, "refine.patience": 100_000, "refine.fog_order": 6, "refine.image_pool": 64,
 }
 MAX_CHANNELS = 4096  # each entry of model.encoder_channels / decoder_channels
 MAX_STAGES = 8  # entries of model.encoder_channels / decoder_channels
@@ -163,9 +163,10 @@ class RefineConfig:
 
     steps: int = 200  # most Adam steps per case
     lr: float = 0.3  # Adam step in whitened units (z = (v - μ) / σ)
-    prior_weight: float = 1e-5  # λ: weight of the network prior (v - μ)² / σ² against the image term
+    prior_weight: float = 1e-4  # λ: weight of the network prior (v - μ)² / σ² against the image term
     sigma_scale: float = 1.0  # calibration temperature of the network's σ (also scales saved uncertainty)
     fog_order: int = 1  # polynomial degree of the fitted fog over the detector (0: an offset only)
+    image_pool: int = 1  # compare images in pool x pool pixel means (1: pixel by pixel)
     patience: int = 25  # early stopping: steps without the image term improving ...
     tol: float = 1e-3  # ... by this relative amount
 
@@ -355,8 +356,9 @@ def validate_config(cfg: Config, source: str = "<config>") -> None:
          f"geometry.fov_mm/2 ({g.fov_mm / 2}) must be smaller than geometry.source_iso_mm ({g.source_iso_mm})")
 
     r = cfg.refine
-    need(r.steps >= 0 and r.patience >= 1 and r.fog_order >= 0,
-         f"refine.steps ({r.steps}) and refine.fog_order ({r.fog_order}) must be >= 0, refine.patience ({r.patience}) >= 1")
+    need(min(r.steps, r.fog_order) >= 0 and min(r.patience, r.image_pool) >= 1,
+         f"refine.steps ({r.steps}) and refine.fog_order ({r.fog_order}) must be >= 0, refine.patience "
+         f"({r.patience}) and refine.image_pool ({r.image_pool}) >= 1")
     need(r.lr > 0 and r.prior_weight >= 0 and r.sigma_scale > 0 and 0 <= r.tol < 1,
          f"need refine.lr ({r.lr}) > 0, refine.prior_weight ({r.prior_weight}) >= 0, "
          f"refine.sigma_scale ({r.sigma_scale}) > 0 and 0 <= refine.tol ({r.tol}) < 1")

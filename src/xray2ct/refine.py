@@ -63,17 +63,20 @@ def _fog_basis(rows: int, cols: int, order: int, device, dtype) -> torch.Tensor:
     return torch.stack([r**i * c**j for i in range(order + 1) for j in range(order + 1 - i)])
 
 
-def fit_intensity(line_integrals: torch.Tensor, xrays: torch.Tensor, fog_order: int = 1) -> torch.Tensor:
+def fit_intensity(line_integrals: torch.Tensor, xrays: torch.Tensor, fog_order: int = 1,
+                  valid: torch.Tensor | None = None) -> torch.Tensor:
     """Least-squares intensity model per image: a·L + fog(r, c) ≈ x on unsaturated pixels.
 
     line_integrals, xrays: (B, V, R, C) -> the fitted images (B, V, R, C), unclipped.
+    valid: (B, V, R, C) bool, the pixels to fit on; default: the unsaturated ones (0 < x < 1).
     Differentiable in `line_integrals`; the coefficients are fitted without gradient.
     """
     b, v, rows, cols = xrays.shape
     fog = _fog_basis(rows, cols, fog_order, xrays.device, xrays.dtype)  # (K, R, C)
     design = torch.cat([line_integrals[:, :, None], fog.expand(b, v, *fog.shape)], dim=2)  # (B, V, 1+K, R, C)
     design = design.flatten(3).transpose(2, 3)  # (B, V, R*C, 1+K)
-    weight = ((xrays > 0) & (xrays < 1)).flatten(2).to(xrays.dtype)[..., None]  # (B, V, R*C, 1)
+    valid = ((xrays > 0) & (xrays < 1)) if valid is None else valid
+    weight = valid.flatten(2).to(xrays.dtype)[..., None]  # (B, V, R*C, 1)
     with torch.no_grad():
         a = design.detach() * weight
         gram = a.transpose(2, 3) @ design.detach()  # (B, V, 1+K, 1+K)
@@ -94,9 +97,18 @@ def reproject(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog
 
 
 def data_term(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog_order: int = 1,
-              mu_water: float = 0.02) -> torch.Tensor:
-    """Mean squared difference between the volume's fitted DRRs and the X-rays: a scalar."""
-    return (reproject(volume, xrays, geometry, fog_order, mu_water) - xrays).pow(2).mean()
+              mu_water: float = 0.02, pool: int = 1) -> torch.Tensor:
+    """Mean squared difference between the volume's fitted DRRs and the X-rays: a scalar.
+
+    pool > 1 compares pool x pool pixel averages: detail finer than a voxel's shadow cannot
+    be explained by the volume, and fitting it anyway paints artefacts into the volume.
+    """
+    li = project(hu_to_mu(unit_to_hu(volume), mu_water), geometry)
+    valid = (xrays > 0) & (xrays < 1)
+    if pool > 1:
+        li, xrays = (F.avg_pool2d(t, pool, ceil_mode=True) for t in (li, xrays))
+        valid = F.avg_pool2d(valid.to(xrays.dtype), pool, ceil_mode=True) > 1 - 1e-6  # no saturated pixel inside
+    return (fit_intensity(li, xrays, fog_order, valid).clamp(0, 1) - xrays).pow(2).mean()
 
 
 # --- the refinement -----------------------------------------------------------------------
@@ -129,7 +141,7 @@ def refine(mu: torch.Tensor, log_var: torch.Tensor, xrays: torch.Tensor, geometr
     start = time.perf_counter()
     mu, xrays = mu.detach().float().clamp(0, 1), xrays.detach().float()
     scale = settings.sigma_scale * torch.exp(0.5 * log_var.detach().float())  # t σ per voxel
-    args = (xrays, geometry, settings.fog_order, mu_water)
+    args = (xrays, geometry, settings.fog_order, mu_water, settings.image_pool)
     # Whitened coordinates, v = μ + t σ z: the prior is λ·mean(z²), and Adam's steps in z are
     # steps of about t σ in v, so a voxel the network is sure of barely moves (σ → 0: v = μ)
     # while an uncertain one is free to. The clamp keeps the [0, 1] window.

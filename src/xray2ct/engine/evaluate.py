@@ -19,6 +19,7 @@ the t-distribution, n, protocol, unit per metric), montages/{id}.png. All atomic
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -130,7 +131,8 @@ def save_eval_montage(path, case_id: str, xrays: np.ndarray, drr: np.ndarray, gt
 
 def _write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
     with atomic_path(out / "per_case.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", *METRICS])
+        writer = csv.DictWriter(f, fieldnames=["id", *METRICS, *(k for k in rows[0] if k != "id" and k not in METRICS)]
+                                if rows else ["id", *METRICS])
         writer.writeheader()
         writer.writerows(rows)
     with atomic_path(out / "summary.json") as tmp:
@@ -148,8 +150,27 @@ def _write_report(path: Path, result: EvalResult, hu: np.ndarray, spacing) -> Pa
                              title=f"xray2ct evaluation ({result.summary['split'] or 'all'} split; viewer: {first})")
 
 
+def _refine_batch(pred, log_var, xrays, target, cfg, dev):
+    """Refine each case of a batch on its own (early stopping per case); -> (volumes, per-case extras)."""
+    from xray2ct.engine.reconstruct import ReconstructionError
+    from xray2ct.metrics import psnr
+    from xray2ct.refine import refine
+
+    if log_var is None:
+        raise ReconstructionError("this model predicts no uncertainty (no log_var output); refinement needs it")
+    geometry = cfg.geometry.build(pred.shape[-1], xrays.shape[-1])
+    volumes, extras = [], []
+    for i in range(pred.shape[0]):
+        r = refine(pred[i:i + 1].to(dev), log_var[i:i + 1].to(dev), xrays[i:i + 1].to(dev), geometry, cfg.refine,
+                   mu_water=cfg.geometry.mu_water)
+        volumes.append(r.volume.cpu())
+        extras.append({"network_psnr": float(psnr(pred[i:i + 1], target[i:i + 1])), "refine_seconds": r.seconds})
+    return torch.cat(volumes), extras
+
+
 def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device: str = "auto", batch_size: int = 2,
-             montages: int | None = None, progress: bool = True, report: bool = False) -> EvalResult:
+             montages: int | None = None, progress: bool = True, report: bool = False,
+             refine: bool = False) -> EvalResult:
     """Evaluate a checkpoint on a dataset split; write per_case.csv, summary.json and montages.
 
     Args:
@@ -160,6 +181,9 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
         montages: write montages for the first this-many cases; None: for all, 0: none.
         report: also write `out/report.html`, self-contained: summary, every case, the first
             montages, and the first case's predicted volume with its bone surface.
+        refine: score the physics-refined volume (`xray2ct.refine`, the model's `refine` settings);
+            per_case.csv then also has the network's own PSNR (`network_psnr`) and the seconds
+            refinement took, and summary.json a `refinement` entry with the mean gain.
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -184,12 +208,15 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
         xrays = torch.cat([batch["pa"], batch["lat"]], dim=1)  # (B, 2, S, S), as in training
         target = batch["ct"].float()
         pred, log_var = predict(model, xrays, dev)
+        extra = [{} for _ in batch["id"]]
+        if refine:
+            pred, extra = _refine_batch(pred, log_var, xrays, target, cfg, dev)
         drr = prediction_drr(pred, cfg, xrays.shape[-1])
         values = {**all_metrics(pred, target), **projection_errors(pred, target, xrays, cfg, drr)}
         if first_hu is None:
             first_hu = unit_to_hu(pred[0, 0]).numpy()
         for i, case_id in enumerate(batch["id"]):
-            result.per_case.append({"id": case_id, **{k: float(values[k][i]) for k in METRICS}})
+            result.per_case.append({"id": case_id, **{k: float(values[k][i]) for k in METRICS}, **extra[i]})
             if len(result.montages) < n_montages:
                 std = None if log_var is None else uncertainty_hu(log_var[i, 0]).numpy()
                 result.montages.append(save_eval_montage(
@@ -204,6 +231,12 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
             for name, (protocol, unit, higher, text) in METRICS.items()
         },
     }
+    if refine:
+        gains = [r["psnr"] - r["network_psnr"] for r in result.per_case]
+        result.summary["refinement"] = {
+            "settings": dataclasses.asdict(cfg.refine), "psnr_gain_db": summarize(gains),
+            "worst_gain_db": min(gains, default=float("nan")),
+            "seconds_per_case": summarize([r["refine_seconds"] for r in result.per_case])}
     _write_outputs(out, result.per_case, result.summary)
     if report and first_hu is not None:
         _write_report(out / "report.html", result, first_hu, (cfg.geometry.fov_mm / cfg.model.volume_size,) * 3)
