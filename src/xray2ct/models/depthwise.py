@@ -6,7 +6,10 @@ to write with operations that are fast:
 
     grad_input  = depthwise conv of grad_output with the flipped kernel (stride 1, same
                   padding: the transposed convolution is a convolution)
-    grad_weight = per channel, for each of the k³ offsets, sum(shifted input * grad_output)
+    grad_weight = PyTorch's own weight-only convolution backward, on channels-first copies
+                  (3-5x faster than on the channels_last_3d views the token grid gives, and
+                  faster than k³ product-sums; one operator instead of ~300, which matters
+                  on a GPU, where each operator is a kernel launch)
 
 Only stride 1, dilation 1 and 'same' padding (k // 2, odd k) are supported: what the
 token mixer, the MBConv and decoder refinements use. The parameters are those of
@@ -29,21 +32,17 @@ class _DepthwiseConv3dFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         x, weight = ctx.saved_tensors
-        k, p = weight.shape[-1], weight.shape[-1] // 2
+        p = weight.shape[-1] // 2
         grad_x = grad_w = None
         # under autocast the forward ran in grad's dtype; compute in it, return the inputs' dtypes
         if ctx.needs_input_grad[0]:
             flipped = weight.flip(-3, -2, -1).to(grad.dtype)
             grad_x = F.conv3d(grad, flipped, padding=p, groups=x.shape[1]).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            d, h, w = x.shape[-3:]
-            xp = F.pad(x.to(grad.dtype), (p,) * 6)  # (B, C, D+2p, H+2p, W+2p)
-            # one product-sum per kernel offset: k³ passes over (B, C, D, H, W), no im2col copy
-            grad_w = torch.stack(
-                [(xp[:, :, i:i + d, j:j + h, l:l + w] * grad).sum((0, 2, 3, 4))
-                 for i in range(k) for j in range(k) for l in range(k)],
-                dim=1,
-            ).view_as(weight).to(weight.dtype)  # (C, k³) -> (C, 1, k, k, k)
+            grad_w = torch.ops.aten.convolution_backward(
+                grad.contiguous(), x.to(grad.dtype).contiguous(), weight.to(grad.dtype), None,
+                [1, 1, 1], [p, p, p], [1, 1, 1], False, [0, 0, 0], x.shape[1], [False, True, False],
+            )[1].to(weight.dtype)  # (C, 1, k, k, k)
         return grad_x, grad_w
 
 
