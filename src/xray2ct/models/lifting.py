@@ -55,18 +55,37 @@ class GeometryLifting(nn.Module):
         super().__init__()
         if mode not in SAMPLE_MODES:
             raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(SAMPLE_MODES)}")
-        self.geometry, self.grid, self.mode = geometry, int(grid), mode
-        self.views = geometry.views
+        self.grid, self.mode = int(grid), mode
+        self.register_buffer("sample_grid", torch.empty(0), persistent=False)  # (V, G, G, G, 2)
+        self.register_buffer("depth", torch.empty(0), persistent=False)  # (V, G, G, G)
+        self.set_geometry(geometry)
+
+    def set_geometry(self, geometry: Geometry) -> None:
+        """Sample where the cell centres project under `geometry` (e.g. a study's own
+        acquisition): the buffers are recomputed in place, on their current device.
+
+        The volume grid and the number of views must stay; view names may change (pa -> ap).
+        """
+        if hasattr(self, "geometry"):
+            old = self.geometry
+            if geometry.volume_shape != old.volume_shape or geometry.voxel_mm != old.voxel_mm:
+                raise ValueError(f"geometry volume {geometry.volume_shape} x {geometry.voxel_mm} mm differs from "
+                                 f"the model's {old.volume_shape} x {old.voxel_mm} mm")
+            if len(geometry.views) != len(old.views):
+                raise ValueError(f"geometry has views {geometry.views}; the model takes {len(old.views)} ({old.views})")
+        grid = self.grid
         centers = geometry.scaled((grid, grid, grid)).voxel_centers_mm(dtype=torch.float64)  # (G, G, G, 3)
         coords, depths = [], []
-        for view in self.views:
+        for view in geometry.views:
             # float64 so the buffers do not depend on float32 rounding of the cone-beam map
             row, col, depth = geometry.project_points(centers, view)  # each (G, G, G)
             coords.append(geometry.detector_to_grid(row, col, align_corners=False))  # (G, G, G, 2)
             depths.append(depth)
+        device = self.sample_grid.device
         # Non-persistent: derived from the geometry, rebuilt on construction, not saved.
-        self.register_buffer("sample_grid", torch.stack(coords).float(), persistent=False)  # (V, G, G, G, 2)
-        self.register_buffer("depth", torch.stack(depths).float(), persistent=False)  # (V, G, G, G)
+        self.sample_grid = torch.stack(coords).float().to(device)  # (V, G, G, G, 2)
+        self.depth = torch.stack(depths).float().to(device)  # (V, G, G, G)
+        self.geometry, self.views = geometry, geometry.views
         self._coords64 = torch.stack(coords)  # (V, G, G, G, 2), for the interpolation matrices
         self._matrices: dict = {}  # (h, w, device, dtype) -> per view (rows (G, G, h), cols (G, G, w))
 

@@ -17,6 +17,7 @@ decoder stage through their own near-zero-initialised `AdaptiveModulation`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -127,6 +128,25 @@ class XRay2CT(nn.Module):
                 for r, src, ch in zip(stage_sides, self.skip_sources, self.decoder.stage_channels)
             )
 
+    def liftings(self) -> list[GeometryLifting]:
+        """Every module whose sampling positions come from the geometry."""
+        return [self.lifting] + ([] if self.skips is None else [skip.lifting for skip in self.skips])
+
+    @property
+    def geometry(self) -> Geometry:
+        """The geometry the lifting samples with now."""
+        return self.lifting.geometry
+
+    def set_geometry(self, geometry: Geometry) -> None:
+        """Lift with another acquisition (same volume grid and detector size), e.g. a study's
+        own source/detector distances and pitch: `Geometry.project_points` under `geometry`
+        gives every lifting's sampling positions. See `using_geometry` for a scoped change."""
+        if geometry.det_shape != (self.xray_size, self.xray_size):
+            raise ValueError(f"geometry detector {geometry.det_shape} is not the model's "
+                             f"{self.xray_size}x{self.xray_size} X-ray size")
+        for lifting in self.liftings():
+            lifting.set_geometry(geometry)
+
     def components(self) -> dict[str, nn.Module]:
         """Named sub-modules for parameter accounting (absent ones left out)."""
         parts = {
@@ -165,6 +185,21 @@ class XRay2CT(nn.Module):
         ]  # per decoder stage (B, C_s, r, r, r)
         out, log_var = self.decoder(grid, cond, skips)
         return {"volume": out, "log_var": log_var, "priors": priors}
+
+
+@contextlib.contextmanager
+def using_geometry(model: XRay2CT, geometry: Geometry | None):
+    """Run `model` with `geometry` inside the block and restore its own afterwards (a
+    served model is shared between requests). None: leave the model as it is."""
+    if geometry is None:
+        yield model
+        return
+    previous = model.geometry
+    model.set_geometry(geometry)
+    try:
+        yield model
+    finally:
+        model.set_geometry(previous)
 
 
 def build_model(config: Config) -> XRay2CT:
