@@ -94,8 +94,17 @@ def cga_param_count(dim: int, num_heads: int, key_dim: int = 16, kernel_size: in
     return num_heads * per_head + dim * dim + dim  # + output projection with bias
 
 
+# Above this many scores per batch item (N * M) a head goes through SDPA's fused kernels,
+# whose memory does not grow with N * M; below it, the explicit softmax(q k^T) v takes
+# fewer operators (no padding to equal head widths, no 4D views), and at these sizes
+# the scores are small (2^22 floats = 16 MiB per batch item).
+EXPLICIT_ATTENTION_MAX_SCORES = 2**22
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """One head, softmax(q k^T * scale) v: q (B,N,dk), k (B,M,dk), v (B,M,dv) -> (B,N,dv)."""
+    if q.shape[1] * k.shape[1] <= EXPLICIT_ATTENTION_MAX_SCORES:
+        return torch.bmm((torch.bmm(q, k.transpose(1, 2)) * scale).softmax(-1), v)  # (B, N, M) scores
     d_k, d_v = q.shape[-1], v.shape[-1]
     # PyTorch's CPU flash kernel needs equal head dims; with d_k != d_v SDPA drops to the
     # math path (2.6x slower fwd+bwd at N=4096, measured). Zero-padding q and k leaves q.k
@@ -174,21 +183,37 @@ class CascadedHead(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
         """(B, N, d_v) -> (B, N, d_v)."""
+        # The heads run one after another (the cascade), so every operator here is paid
+        # num_heads times per block: the fewest dispatches that keep the math (one
+        # split instead of slices, no copies the kernels would make anyway).
         B, N, _ = x.shape
         kd = self.key_dim
         # BN over channels on (B*N, c): a free view of (B, N, c), no permute needed.
-        qkv = self.qkv_norm(self.qkv(x).reshape(B * N, -1)).view(B, N, -1)  # (B, N, 2kd+d_v)
-        q = qkv[..., :kd].contiguous()  # (B, N, kd)
-        q = grid_to_tokens(self.q_norm(self.q_dw(tokens_to_grid(q, grid))))  # (B, N, kd)
-        kv = qkv[..., kd:]  # (B, N, kd+d_v)
+        qkv = batch_norm(F.linear(x.reshape(B * N, -1), self.qkv.weight), self.qkv_norm)  # (B*N, 2kd+d_v)
+        q, kv = qkv.view(B, N, -1).split([kd, kd + self.d_v], dim=-1)  # (B, N, kd), (B, N, kd+d_v)
+        q = grid_to_tokens(batch_norm(self.q_dw(tokens_to_grid(q, grid)), self.q_norm))  # (B, N, kd)
         if self.kv_pool != (1, 1, 1):
             # pool K and V in one call; ceil_mode keeps a partial last window, whose mean
             # PyTorch takes over the voxels actually inside the grid.
-            kv = tokens_to_grid(kv.contiguous(), grid)  # (B, kd+d_v, D, H, W)
+            kv = tokens_to_grid(kv, grid)  # (B, kd+d_v, D, H, W)
             kv = F.avg_pool3d(kv, self.kv_pool, self.kv_pool, ceil_mode=True)
             kv = grid_to_tokens(kv)  # (B, M, kd+d_v), M = prod(ceil(grid / kv_pool))
-        k, v = kv[..., :kd].contiguous(), kv[..., kd:].contiguous()
+        k, v = kv.split([kd, self.d_v], dim=-1)
         return _attend(q, k, v, self.scale)
+
+
+def batch_norm(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    """bn(x) for (B, C, ...) x in one dispatch (F.batch_norm goes through three wrappers).
+
+    The module's own num_batches_tracked is not counted here: with a fixed momentum it is
+    unused, and the cascaded attention advances all its heads' counters in one call."""
+    # momentum None (a cumulative average) needs the counter first: take the module's path
+    if bn.momentum is None or not bn.track_running_stats:
+        return bn(x)
+    training = bn.training
+    return torch.native_batch_norm(
+        x, bn.weight, bn.bias, bn.running_mean, bn.running_var, training, bn.momentum, bn.eps
+    )[0]
 
 
 class CascadedGroupAttention(nn.Module):
@@ -245,11 +270,18 @@ class CascadedGroupAttention(nn.Module):
         self.act = _ACTIVATIONS[act]()
         self.proj = nn.Linear(num_heads * d_v, dim)
 
+    def _bn_counters(self) -> list[torch.Tensor]:
+        """num_batches_tracked of every head's BatchNorms (see `batch_norm`)."""
+        return [bn.num_batches_tracked for h in self.heads for bn in (h.qkv_norm, h.q_norm)]
+
     def forward(
         self, x: torch.Tensor, return_heads: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, N, dim) -> (B, N, dim); with return_heads also the h per-head (B, N, d_v) outputs."""
         check_tokens(x, self.dim, self.grid)
+        if self.training:
+            # what each BatchNorm module would do on its own call, for all 2h of them at once
+            torch._foreach_add_(self._bn_counters(), 1)
         chunks = x.chunk(self.num_heads, dim=-1)  # h x (B, N, d_v), strided views
         outs: list[torch.Tensor] = []
         for chunk, head in zip(chunks, self.heads):
@@ -258,6 +290,21 @@ class CascadedGroupAttention(nn.Module):
             outs.append(head(feat, self.grid))
         y = self.proj(self.act(torch.cat(outs, dim=-1)))  # h x (B, N, d_v) -> (B, N, dim)
         return (y, outs) if return_heads else y
+
+
+def unused_query_parameters(model: nn.Module) -> set[str]:
+    """Names (as in model.named_parameters()) of the query branch (q_dw, q_norm) of every
+    cascaded head whose K/V pool to one token: softmax over a single key is 1, so those
+    queries cannot change the output and their gradient is exactly zero. This is the
+    coarsest multi-scale group on a small grid (8³ with pool 8, as in cpu-small)."""
+    names = set()
+    for prefix, m in model.named_modules():
+        if isinstance(m, CascadedGroupAttention):
+            for i, head in enumerate(m.heads):
+                if math.prod(-(-g // p) for g, p in zip(m.grid, head.kv_pool)) == 1:
+                    names |= {f"{prefix}.heads.{i}.{n}".lstrip(".") for n, _ in head.named_parameters()
+                              if n.startswith(("q_dw.", "q_norm."))}
+    return names
 
 
 def multiscale_pools(
