@@ -127,7 +127,10 @@ def test_reconstruct_refines_by_default_and_no_refine_is_the_network(tmp_path):
     network, _ = R.predict(model, R.load_pair(pa, lat, cfg.model.xray_img_size), dev)
     scores = {}
     for name, options in (("plain", R.NO_REFINE), ("refined", R.RefineOptions())):
-        out = R.reconstruct(pa, lat, tmp_path / f"{name}.nii.gz", device="cpu", refine=options)
+        out = R.reconstruct(pa, lat, tmp_path / f"{name}.nii.gz", device="cpu", refine=options,
+                            report=tmp_path / f"{name}.html")
+        page = (tmp_path / f"{name}.html").read_text(encoding="utf-8")
+        assert "Physics check" in page and ("after refinement" in page) == (name == "refined")
         scores[name] = float(psnr(hu_to_unit(torch.as_tensor(load_volume(out)[0]))[None, None], truth))
         if name == "plain":  # exactly the network's output, as saved (int16 HU)
             saved = torch.as_tensor(load_volume(out)[0])

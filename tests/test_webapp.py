@@ -98,26 +98,38 @@ def test_two_bad_uploads_are_both_reported(recon, tmp_path):
 
 def test_a_failed_request_clears_the_result_and_the_message_stays_in_the_page(recon, tmp_path):
     ex = bundled_examples()[0]
-    status, viewer, downloads = respond(recon, str(ex.pa), str(ex.lat))
-    assert "Done in" in status and "<iframe" in viewer and len(downloads) == 4
+    status, viewer, physics, downloads = respond(recon, str(ex.pa), str(ex.lat))
+    assert "Done in" in status and "<iframe" in viewer and len(downloads) == 4 and "Physics check" in physics
     junk = tmp_path / "junk_lat.png"
     junk.write_bytes(b"\x89PNG not really")
-    status, viewer, downloads = respond(recon, None, str(junk))
+    status, viewer, physics, downloads = respond(recon, None, str(junk))
     assert 'role="alert"' in status and "PA X-ray is missing" in status and "junk_lat.png" in status
-    assert "<iframe" not in viewer and downloads is None  # the previous volume is gone, not shown beside the error
-    assert OUTPUTS == ("status", "viewer", "downloads")
+    assert "<iframe" not in viewer and downloads is None and physics == ""  # the previous volume is gone
+    assert OUTPUTS == ("status", "viewer", "physics", "downloads")
+
+
+def test_refinement_toggle_shows_the_projection_error_before_and_after(recon):
+    import re
+
+    ex = bundled_examples()[0]
+    status, _, physics, _ = respond(recon, str(ex.pa), str(ex.lat), refine=True)
+    before, after = (float(v) for v in re.search(r"DRRs ([0-9.]+e[+-][0-9]+) → ([0-9.]+e[+-][0-9]+)", status).groups())
+    assert after < 0.5 * before
+    assert "from the network" in physics and "after refinement" in physics and "DRR of the network" in physics
+    status, _, physics, _ = respond(recon, str(ex.pa), str(ex.lat), refine=False)
+    assert "Not refined" in status and "DRR of the network" not in physics and "DRR of the result" in physics
 
 
 def test_unexpected_failure_is_a_message_not_a_crash(recon, monkeypatch):
     ex = bundled_examples()[0]
     monkeypatch.setattr("xray2ct.engine.reconstruct.reconstruct_pair", lambda *a, **k: 1 / 0)
-    status, viewer, downloads = respond(recon, str(ex.pa), str(ex.lat))
+    status, viewer, _, downloads = respond(recon, str(ex.pa), str(ex.lat))
     assert "ZeroDivisionError" in status and "server's log" in status and downloads is None
 
 
 def test_swapped_views_and_the_same_file_twice_warn_in_the_page(recon, tmp_path):
     ex = bundled_examples()[0]
-    status, viewer, _ = respond(recon, str(ex.lat), str(ex.pa))
+    status, viewer, _, _ = respond(recon, str(ex.lat), str(ex.pa))
     assert "swapped" in status and "Upload the frontal film as the PA" in status and "--pa" not in status
     assert "<iframe" in viewer  # a warning, not a refusal: the user may know better
     copy = tmp_path / "copy.png"

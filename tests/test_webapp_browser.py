@@ -123,6 +123,8 @@ def test_upload_reconstruct_view_and_download(server, page, tmp_path):
     expect(downloads).to_contain_text("report", timeout=60_000)
     elapsed = time.monotonic() - started
     expect(page.locator("#status")).to_contain_text("PSNR")
+    expect(page.locator("#status")).to_contain_text("Refined against the X-rays")  # on by default
+    expect(page.locator("#physics")).to_contain_text("after refinement")  # inputs against the result's DRRs
     for name in ("ct.nii", "uncertainty_std.nii", "bone_surface", "report"):
         expect(downloads).to_contain_text(name)
 

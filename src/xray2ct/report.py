@@ -154,7 +154,8 @@ def write_html(path: str | os.PathLike, text: str) -> Path:
 
 def reconstruction_report(path: str | os.PathLike, hu: np.ndarray, spacing, xrays: dict[str, np.ndarray],
                           std_hu: np.ndarray | None = None, metrics: dict[str, float] | None = None,
-                          mesh=None, title: str = "xray2ct reconstruction", details: dict | None = None) -> Path:
+                          mesh=None, title: str = "xray2ct reconstruction", details: dict | None = None,
+                          projections: str | None = None) -> Path:
     """One reconstruction as a self-contained HTML page.
 
     Args:
@@ -164,6 +165,7 @@ def reconstruction_report(path: str | os.PathLike, hu: np.ndarray, spacing, xray
         metrics: optional {name: value} against a ground truth.
         mesh: optional `xray2ct.surface.Mesh` (the bone surface).
         details: optional {label: value} shown as a table (checkpoint, sizes, timings).
+        projections: optional HTML from `projection_section` (inputs against the result's DRRs).
     """
     figs = "".join(f'<figure><div class="view"><img src="{png_data_uri(img)}" alt="{html.escape(name)} X-ray">'
                    f'{_sides(XRAY_PLANE[name]) if name in XRAY_PLANE else ""}</div>'
@@ -173,11 +175,46 @@ def reconstruction_report(path: str | os.PathLike, hu: np.ndarray, spacing, xray
     if metrics:
         sections.append("<h2>Metrics against the ground truth</h2>"
                         + _table([[k, f"{v:.4g}"] for k, v in metrics.items()], ["metric", "value"]))
+    if projections:
+        sections.append(projections)
     if details:
         sections.append("<h2>Details</h2>" + _table([[k, v] for k, v in details.items()], ["", ""]))
     volume, mesh_data = _volume_payload(np.asarray(hu), spacing, std_hu), _mesh_payload(mesh)
     sections += _viewer_sections(volume, mesh_data)
     return write_html(path, _page(title, sections, volume, mesh_data))
+
+
+DIFF_GAIN = 5  # the difference images are |input − DRR| × this: errors of 0.2 image units show white
+
+
+def projection_section(xrays: dict[str, np.ndarray], reprojected: dict[str, np.ndarray],
+                       network: dict[str, np.ndarray] | None = None, errors: tuple[float, float] | None = None) -> str:
+    """HTML: each input X-ray beside the result's DRR (on the input's intensities) and their
+    difference; with `network`, the network's own DRR and difference before refinement too.
+
+    xrays, reprojected, network: {view name: (S, S) image in [0, 1]}; errors: the mean squared
+    image error (before, after) refinement.
+    """
+    def figure(img, caption):
+        return (f'<figure><img src="{png_data_uri(img)}" alt="{html.escape(caption)}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    rows = []
+    for name, x in xrays.items():
+        cells = [figure(x, f"{name} input")]
+        if network is not None:
+            cells += [figure(network[name], f"{name}: DRR of the network's volume"),
+                      figure(np.abs(x - network[name]) * DIFF_GAIN, f"|difference| × {DIFF_GAIN}, network")]
+        label = "refined" if network is not None else "result"
+        cells += [figure(reprojected[name], f"{name}: DRR of the {label} volume"),
+                  figure(np.abs(x - reprojected[name]) * DIFF_GAIN, f"|difference| × {DIFF_GAIN}, {label}")]
+        rows.append(f'<div class="row">{"".join(cells)}</div>')
+    note = ("<p>Does the volume explain the X-rays it came from? Each DRR of the result is mapped onto the "
+            "input's intensities (a fitted exposure and fog) and subtracted.")
+    if errors is not None:
+        note += (f" Mean squared difference, both views: {errors[0]:.2e} from the network, "
+                 f"{errors[1]:.2e} after refinement.")
+    return "<h2>Physics check: the X-rays against the DRRs of the result</h2>" + note + "</p>" + "".join(rows)
 
 
 def evaluation_report(path: str | os.PathLike, summary: dict, rows: list[dict], montages: list[Path] = (),

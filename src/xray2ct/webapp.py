@@ -73,6 +73,8 @@ class Result:
     note: str = ""  # why there is no bone surface, when there is none
     mesh: object = None  # xray2ct.surface.Mesh or None
     warnings: list[str] = field(default_factory=list)  # e.g. the views look swapped
+    refinement: object = None  # xray2ct.refine.RefineResult, or None when not refined
+    projections: str = ""  # the report's physics check (inputs against the result's DRRs), HTML
 
 
 def _uploaded_path(upload, view: str) -> Path:
@@ -140,10 +142,11 @@ class Reconstructor:
         self._truth = {(_digest(ex.pa), _digest(ex.lat)): ex for ex in self.examples if ex.ct is not None}
         self._count = 0
 
-    def __call__(self, pa, lat, progress: Callable[[float, str], None] = lambda f, desc: None) -> Result:
+    def __call__(self, pa, lat, progress: Callable[[float, str], None] = lambda f, desc: None,
+                 refine: bool = True) -> Result:
         import torch
 
-        from xray2ct.engine.reconstruct import reconstruct_pair, save_report, save_volume
+        from xray2ct.engine.reconstruct import NO_REFINE, RefineOptions, reconstruct_pair, save_report, save_volume
         from xray2ct.surface import try_bone_surface, write_obj
 
         started = time.perf_counter()
@@ -151,8 +154,9 @@ class Reconstructor:
         (pa, pa_img), (lat, lat_img) = self._load_both(pa, lat)
         warnings = self._check_pair(pa, pa_img, lat, lat_img)
         xrays = torch.stack([pa_img, lat_img])[None]  # (1, 2, S, S), PA first
-        progress(0.3, "reconstructing")
-        rec = reconstruct_pair(self.model, self.cfg, self.device, xrays)
+        progress(0.3, "reconstructing and refining against the X-rays" if refine else "reconstructing")
+        rec = reconstruct_pair(self.model, self.cfg, self.device, xrays, refine=RefineOptions() if refine else NO_REFINE)
+        projections = rec.projection_html()
         hu, std, spacing = rec.hu, rec.std_hu, rec.spacing
         out = self._new_folder()
         progress(0.6, "writing files")
@@ -167,8 +171,10 @@ class Reconstructor:
         metrics = self._metrics(pa, lat, rec.volume)
         progress(0.9, "report")
         files["report"] = save_report(out / "report.html", hu, std, spacing, xrays, mesh=mesh,
-                                      title=f"{pa.name} + {lat.name}", metrics=metrics or None)
-        return Result(hu, std, spacing, files, time.perf_counter() - started, metrics, note, mesh, warnings)
+                                      title=f"{pa.name} + {lat.name}", metrics=metrics or None,
+                                      projections=projections)
+        return Result(hu, std, spacing, files, time.perf_counter() - started, metrics, note, mesh, warnings,
+                      rec.refinement, projections)
 
     def _load_both(self, pa, lat):
         """Both views, or one AppInputError listing every bad one (the user fixes both at once)."""
@@ -230,6 +236,10 @@ def _box(style: str, heading: str, lines: list[str], role: str = "status") -> st
 def summary_lines(result: Result) -> list[str]:
     d = result.hu.shape
     lines = [f"Done in {result.seconds:.1f} s: {d[0]}×{d[1]}×{d[2]} voxels of {result.spacing[0]:.1f} mm, HU."]
+    r = result.refinement
+    lines.append("Not refined: the network's volume as it is." if r is None else
+                 f"Refined against the X-rays in {r.steps} steps ({r.seconds:.1f} s): mean squared difference "
+                 f"between the inputs and the volume's DRRs {r.data_before:.2e} → {r.data_after:.2e}.")
     if result.metrics:
         lines.append("Bundled example, compared with its ground truth: "
                      + ", ".join(f"{k} {v:.3g}" for k, v in result.metrics.items()))
@@ -261,22 +271,22 @@ def viewer_html(result: Result | None) -> str:
             'style="width:100%;height:760px;border:0;display:block"></iframe>')
 
 
-def respond(reconstructor: Reconstructor, pa, lat, progress=lambda f, desc: None) -> list:
-    """One press of Reconstruct -> the values of OUTPUTS (message, viewer, downloads). A failure
-    clears the previous result and says why; it never leaves an old volume beside a new error."""
+def respond(reconstructor: Reconstructor, pa, lat, progress=lambda f, desc: None, refine: bool = True) -> list:
+    """One press of Reconstruct -> the values of OUTPUTS (message, viewer, physics check, downloads).
+    A failure clears the previous result and says why; it never leaves an old volume beside a new error."""
     try:
-        result = reconstructor(pa, lat, progress=progress)
+        result = reconstructor(pa, lat, progress=progress, refine=refine)
     except UserError as e:  # bad input: say why in the page, keep serving
         problems = getattr(e, "problems", [str(e)])
-        return [message_html(problems=problems), viewer_html(None), None]
+        return [message_html(problems=problems), viewer_html(None), "", None]
     except Exception as e:  # a bug or out of memory: still a readable page, and the trace in the log
         log.exception("reconstruction failed")
         return [message_html(problems=[f"The reconstruction failed ({type(e).__name__}: {e}); "
-                                       "the details are in the server's log."]), viewer_html(None), None]
-    return [message_html(result), viewer_html(result), [str(p) for p in result.files.values()]]
+                                       "the details are in the server's log."]), viewer_html(None), "", None]
+    return [message_html(result), viewer_html(result), result.projections, [str(p) for p in result.files.values()]]
 
 
-OUTPUTS = ("status", "viewer", "downloads")  # elem_ids of respond's outputs, in order
+OUTPUTS = ("status", "viewer", "physics", "downloads")  # elem_ids of respond's outputs, in order
 
 
 def build_app(reconstructor: Reconstructor):
@@ -299,17 +309,21 @@ def build_app(reconstructor: Reconstructor):
         if reconstructor.examples:
             gr.Examples([[str(ex.pa), str(ex.lat)] for ex in reconstructor.examples], inputs=[pa, lat],
                         example_labels=[ex.id for ex in reconstructor.examples], label="Bundled examples")
+        refine = gr.Checkbox(True, label="Refine against the X-rays (physics-consistent; the network's uncertainty "
+                             "says how far each voxel may move)", elem_id="refine")
         run = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct")
         outputs = {
             "status": gr.HTML(message_html(), elem_id="status", js_on_load=None),
             "viewer": gr.HTML(VIEWER_PLACEHOLDER, elem_id="viewer", js_on_load=None, min_height=120),
+            "physics": gr.HTML("", elem_id="physics", js_on_load=None),
             "downloads": gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads"),
         }
 
-        def reconstruct(pa_file, lat_file, progress=gr.Progress()):
-            return respond(reconstructor, pa_file, lat_file, progress=lambda f, desc: progress(f, desc=desc))
+        def reconstruct(pa_file, lat_file, refine_on, progress=gr.Progress()):
+            return respond(reconstructor, pa_file, lat_file, progress=lambda f, desc: progress(f, desc=desc),
+                           refine=refine_on)
 
-        run.click(reconstruct, inputs=[pa, lat], outputs=[outputs[k] for k in OUTPUTS], concurrency_limit=1)
+        run.click(reconstruct, inputs=[pa, lat, refine], outputs=[outputs[k] for k in OUTPUTS], concurrency_limit=1)
         for view, upload in uploads.items():
             upload.change(lambda f, v=view: thumbnail(f, v), inputs=upload, outputs=thumbs[view],
                           show_progress="hidden")

@@ -152,13 +152,14 @@ def save_npy(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def save_volume(path: Path, hu: np.ndarray, spacing: tuple, fmt: str, dtype: str = "int16") -> Path:
+def save_volume(path: Path, hu: np.ndarray, spacing: tuple, fmt: str, dtype: str = "int16",
+                description: str | None = None) -> Path:
     """HU (d, h, w) -> NIfTI (RAS affine), .npy (HU float32; spacing only in the log) or a DICOM folder."""
     from xray2ct.data.ctio import save_nifti
 
     with _writing(path):
         if fmt == "nifti":
-            return save_nifti(path, hu, spacing, dtype=dtype)
+            return save_nifti(path, hu, spacing, dtype=dtype, description=description)
         if fmt == "npy":
             log.info("%s: .npy stores no spacing; it is %s mm (d, h, w)", path, ", ".join(f"{s:g}" for s in spacing))
             return save_npy(path, hu.astype(np.float32))
@@ -266,17 +267,18 @@ def save_preview(path: Path, hu: np.ndarray, std_hu: np.ndarray | None = None, t
 
 
 def save_report(path: Path, hu: np.ndarray, std_hu: np.ndarray | None, spacing, xrays: torch.Tensor,
-                mesh=None, title: str | None = None, metrics: dict | None = None) -> Path:
+                mesh=None, title: str | None = None, metrics: dict | None = None,
+                projections: str | None = None, details: dict | None = None) -> Path:
     """Self-contained HTML report: inputs, interactive slices, uncertainty, bone surface (mesh: a
-    `xray2ct.surface.Mesh` or None)."""
+    `xray2ct.surface.Mesh` or None), and the physics check (`projection_html`)."""
     from xray2ct.report import reconstruction_report
 
     with _writing(path):
         return reconstruction_report(path, hu, spacing, {"PA": xrays[0, 0].numpy(), "lateral": xrays[0, 1].numpy()},
-                                     std_hu=std_hu, metrics=metrics, mesh=mesh,
+                                     std_hu=std_hu, metrics=metrics, mesh=mesh, projections=projections,
                                      title=f"xray2ct reconstruction: {title}" if title else "xray2ct reconstruction",
                                      details={"volume": f"{'×'.join(map(str, hu.shape))} voxels, "
-                                              f"{' × '.join(f'{s:.2f}' for s in spacing)} mm"})
+                                              f"{' × '.join(f'{s:.2f}' for s in spacing)} mm", **(details or {})})
 
 
 # --- one reconstruction ------------------------------------------------------------------
@@ -288,8 +290,21 @@ class Reconstruction:
     hu: np.ndarray  # (D, H, W) HU
     std_hu: np.ndarray | None  # (D, H, W) predicted std in HU; None: not asked for, or no log_var
     spacing: tuple[float, float, float]  # mm: fov_mm / size per axis
+    xrays: torch.Tensor | None = None  # (1, 2, S, S) the model's inputs
     refinement: RefineResult | None = None  # what physics-consistent refinement did; None: not refined
     reprojected: torch.Tensor | None = None  # (1, 2, S, S) the result's DRRs on the inputs' intensities
+    reprojected_network: torch.Tensor | None = None  # ... and the network's, when refinement changed it
+
+    def projection_html(self) -> str:
+        """The report's physics check: inputs beside the DRRs of the result (and of the network)."""
+        from xray2ct.report import projection_section
+
+        names = ("PA", "lateral")
+        images = lambda t: {n: t[0, v].numpy() for v, n in enumerate(names)}  # noqa: E731
+        r = self.refinement
+        return projection_section(images(self.xrays), images(self.reprojected),
+                                  None if self.reprojected_network is None else images(self.reprojected_network),
+                                  None if r is None else (r.data_before, r.data_after))
 
 
 @dataclass(frozen=True)
@@ -315,35 +330,48 @@ MAX_REFINE_SIZE = 256  # refinement grid side: 256³ is ~1 min per step on a CPU
 
 
 def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_std: bool = True,
-                     refine: RefineOptions = NO_REFINE) -> Reconstruction:
+                     refine: RefineOptions = NO_REFINE, geometry=None) -> Reconstruction:
     """xrays (1, 2, S, S) -> the volume in HU and its uncertainty, resampled to `upscale` (D, H, W).
 
+    geometry: the study's acquisition (`xray2ct.acquisition.Study.geometry`: the model's
+    volume and S² detector with the study's views and distances); the network lifts with it
+    and refinement projects with it. None: the model's training geometry.
     With refinement enabled, the network's volume is corrected against the X-rays
-    (`xray2ct.refine`, the model's geometry) before any upscaling.
+    (`xray2ct.refine`) before any upscaling.
     """
-    volume, log_var = predict(model, xrays, dev)
-    result = None
+    from xray2ct.models.net import using_geometry
+
+    with using_geometry(model, geometry):
+        volume, log_var = predict(model, xrays, dev)
+    result, network = None, None
     size = refine.size or volume.shape[-1]
-    geometry = cfg.geometry.build(size, xrays.shape[-1])
+    if geometry is None:
+        geometry = cfg.geometry.build(size, xrays.shape[-1])
+    else:  # the same acquisition on the refinement grid
+        geometry = geometry.scaled((size,) * 3, geometry.det_shape)
     settings = refine.settings(cfg)
     if settings is not None and log_var is None:
         warnings.warn("this model predicts no uncertainty (no log_var output), which refinement weighs its "
                       "prior by; the network's volume is used as it is", stacklevel=2)
     elif settings is not None:
         volume, log_var = upsample(volume, size), upsample(log_var, size)
+        network = volume
         result = run_refine(volume.to(dev), log_var.to(dev), xrays.to(dev), geometry, settings,
                             mu_water=cfg.geometry.mu_water)
         volume = result.volume.cpu()
         log.info("refined in %d steps (%.1f s): image error %.5f -> %.5f", result.steps, result.seconds,
                  result.data_before, result.data_after)
     with torch.no_grad():
-        reprojected = reproject(volume, xrays, geometry, cfg.refine.fog_order, cfg.geometry.mu_water)
+        reprojected, reprojected_network = (
+            None if v is None else reproject(v, xrays, geometry, cfg.refine.fog_order, cfg.geometry.mu_water)
+            for v in (volume, network))
     volume = _upscale(volume, upscale)
     hu = unit_to_hu(volume)[0, 0].numpy()
     std = None
     if with_std and log_var is not None:  # skipped when unused: at an upscaled size it is a large resample
         std = uncertainty_hu(_upscale(log_var, upscale))[0, 0].numpy() * cfg.refine.sigma_scale
-    return Reconstruction(volume, hu, std, tuple(cfg.geometry.fov_mm / n for n in hu.shape), result, reprojected)
+    return Reconstruction(volume, hu, std, tuple(cfg.geometry.fov_mm / n for n in hu.shape), xrays, result,
+                          reprojected, reprojected_network)
 
 
 def _upscale(vol: torch.Tensor, upscale) -> torch.Tensor:
@@ -369,6 +397,14 @@ def _check_upscale(upscale) -> tuple[int, int, int] | None:
                                   f"voxels per axis and {MAX_UPSCALE_VOXELS:,} in all (e.g. 512 512 1024); "
                                   f"this would be {math.prod(sizes):,}")
     return sizes
+
+
+def load_study_for(model, cfg, pa, lat, flags=None):
+    """Both files with their acquisitions, on the model's geometry (`xray2ct.acquisition.load_study`)."""
+    from xray2ct.acquisition import AcquisitionFlags, load_study
+
+    nominal = cfg.geometry.build(cfg.model.volume_size, cfg.model.xray_img_size)
+    return load_study(pa, lat, cfg.model.xray_img_size, nominal, flags or AcquisitionFlags())
 
 
 def load_pair(pa, lat, size: int) -> torch.Tensor:
@@ -427,10 +463,17 @@ class _Job:
             raise ReconstructionError(f"--refine-size must be in 8 … {MAX_REFINE_SIZE}, got {refine.size}")
         return cls(out, fmt, unc, prev, _check_upscale(upscale), rep, refine)
 
-    def run(self, model, cfg, dev, xrays: torch.Tensor, title: str | None = None) -> Path:
+    def run(self, model, cfg, dev, xrays: torch.Tensor | None, title: str | None = None, study=None) -> Path:
+        """study: an `xray2ct.acquisition.Study` (its X-rays, geometry and acquisition record
+        are used, recorded in the NIfTI description and the report); else `xrays` at the
+        model's geometry."""
+        if study is not None:
+            xrays = study.xrays
         rec = reconstruct_pair(model, cfg, dev, xrays, self.upscale,
-                               with_std=bool(self.uncertainty or self.preview or self.report), refine=self.refine)
+                               with_std=bool(self.uncertainty or self.preview or self.report), refine=self.refine,
+                               geometry=None if study is None else study.geometry)
         hu, std, spacing = rec.hu, rec.std_hu, rec.spacing
+        description = None if study is None else study.descrip()
         if self.uncertainty is not None and std is None:
             raise ReconstructionError(f"{self.uncertainty}: this model predicts no uncertainty (no log_var output)")
         # extras first, the volume last: a present volume means a finished reconstruction
@@ -441,13 +484,14 @@ class _Job:
         if self.report is not None:
             from xray2ct.surface import try_bone_surface
 
-            save_report(self.report, hu, std, spacing, xrays, mesh=try_bone_surface(hu, spacing)[0], title=title)
-        return save_volume(self.out, hu, spacing, self.fmt)
+            save_report(self.report, hu, std, spacing, xrays, mesh=try_bone_surface(hu, spacing)[0], title=title,
+                        projections=rec.projection_html(), details=None if study is None else study.details())
+        return save_volume(self.out, hu, spacing, self.fmt, description=description)
 
 
 def reconstruct(pa, lat, out, checkpoint=None, uncertainty=None, preview=None, device: str = "auto",
                 upscale: tuple[int, int, int] | None = None, fmt: str = "nifti", overwrite: bool = False,
-                report=None, refine: RefineOptions = RefineOptions()) -> Path:
+                report=None, refine: RefineOptions = RefineOptions(), acquisition=None) -> Path:
     """Reconstruct one CT from a PA and a lateral radiograph; returns the written volume's path.
 
     Args:
@@ -463,12 +507,15 @@ def reconstruct(pa, lat, out, checkpoint=None, uncertainty=None, preview=None, d
         report: optional .html path for a self-contained report (slices, uncertainty, bone surface).
         refine: physics-consistent refinement against the X-rays (on by default; NO_REFINE: the
             network's volume exactly).
+        acquisition: `xray2ct.acquisition.AcquisitionFlags` (--sid/--sod/--pixel-mm, --lat-*,
+            --ap); what they leave open comes from DICOM tags, a `{stem}.json` sidecar or
+            the model's training geometry (see xray2ct.acquisition).
     """
     job = _Job.check(out, fmt, uncertainty, preview, upscale, overwrite, report, refine)
     model, cfg, dev = load_for_inference(checkpoint, device)
-    xrays = load_pair(pa, lat, cfg.model.xray_img_size)
-    path = job.run(model, cfg, dev, xrays, title=f"{Path(pa).name} + {Path(lat).name}")
-    log.info("wrote %s", path)
+    study = load_study_for(model, cfg, pa, lat, acquisition)
+    path = job.run(model, cfg, dev, None, title=f"{Path(pa).name} + {Path(lat).name}", study=study)
+    log.debug("wrote %s", path)
     return path
 
 
@@ -513,7 +560,7 @@ def find_pairs(folder: str | os.PathLike) -> tuple[dict[str, tuple[Path, Path]],
 def reconstruct_batch(folder, out_dir, checkpoint=None, device: str = "auto", upscale=None, fmt: str = "nifti",
                       overwrite: bool = False, uncertainty: bool = False, preview: bool = False,
                       progress: bool = True, report: bool = False,
-                      refine: RefineOptions = RefineOptions()) -> BatchReport:
+                      refine: RefineOptions = RefineOptions(), acquisition=None) -> BatchReport:
     """Reconstruct every pair in `folder` into out_dir/{id}.nii.gz (.npy, or {id}/ for DICOM).
 
     Optional out_dir/{id}_uncertainty.nii.gz, {id}_preview.png and {id}_report.html. A pair that
@@ -543,8 +590,8 @@ def reconstruct_batch(folder, out_dir, checkpoint=None, device: str = "auto", up
             job = _Job.check(out, fmt, out_dir / f"{cid}_uncertainty.nii.gz" if uncertainty else None,
                              out_dir / f"{cid}_preview.png" if preview else None, upscale, overwrite=overwrite,
                              report=out_dir / f"{cid}_report.html" if report else None, refine=refine)
-            xrays = load_pair(pa, lat, cfg.model.xray_img_size)
-            result.done.append((cid, job.run(model, cfg, dev, xrays, title=cid)))
+            study = load_study_for(model, cfg, pa, lat, acquisition)
+            result.done.append((cid, job.run(model, cfg, dev, None, title=cid, study=study)))
         except UserError as e:
             log.info("%s failed: %s", cid, e)  # the report carries it; the CLI prints a table
             result.failed.append((cid, str(e)))
