@@ -190,20 +190,37 @@ def reconstruct(
                                                "early stopping may end sooner)."),
     refine_size: Optional[int] = typer.Option(None, min=8, help="Refine on an N³ grid (the network's volume "
                                               "upsampled as the prior); default: the network's size."),
+    sid: Optional[float] = typer.Option(None, help="Source–detector (source–image) distance, mm, both views "
+                                        "(else DICOM DistanceSourceToDetector, a {stem}.json sidecar, or the "
+                                        "model's training geometry)."),
+    sod: Optional[float] = typer.Option(None, help="Source–isocentre (source–object) distance, mm, both views."),
+    pixel_mm: Optional[float] = typer.Option(None, help="Detector pixel pitch of the files as given, mm, both views "
+                                             "(else DICOM ImagerPixelSpacing/PixelSpacing, the sidecar, or a "
+                                             "detector just covering the volume)."),
+    lat_sid: Optional[float] = typer.Option(None, help="The lateral's source–detector distance, mm, where it differs."),
+    lat_sod: Optional[float] = typer.Option(None, help="The lateral's source–isocentre distance, mm."),
+    lat_pixel_mm: Optional[float] = typer.Option(None, help="The lateral's detector pixel pitch, mm."),
+    ap: bool = typer.Option(False, "--ap", help="The frontal film is AP (source anterior), not PA (else DICOM "
+                            "ViewPosition or the sidecar's position)."),
 ):
-    """Reconstruct a CT volume (HU) from a PA and a lateral X-ray."""
+    """Reconstruct a CT volume (HU) from a PA and a lateral X-ray.
+
+    The acquisition geometry of each view comes from the flags, else the DICOM header, else a
+    {stem}.json sidecar, else the model's training geometry (logged as assumed)."""
     import logging
 
+    from xray2ct.acquisition import AcquisitionFlags
     from xray2ct.engine import reconstruct as R
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     refinement = R.RefineOptions(enabled=refine, steps=refine_steps, size=refine_size)
+    acquisition = AcquisitionFlags(sid, sod, pixel_mm, lat_sid, lat_sod, lat_pixel_mm, ap)
 
     if batch is not None:
         done = R.reconstruct_batch(batch, out, checkpoint=checkpoint, device=device, upscale=upscale, fmt=format_,
                                    overwrite=overwrite, uncertainty=uncertainty is not None,
                                    preview=preview is not None, progress=True, report=report is not None,
-                                   refine=refinement)
+                                   refine=refinement, acquisition=acquisition)
         console.print(f"written {len(done.done)}, skipped (exist; --overwrite to redo) {len(done.skipped)}, "
                       f"failed {len(done.failed)} -> {out}")
         if done.failed:
@@ -217,7 +234,8 @@ def reconstruct(
     if missing:
         raise typer.BadParameter(f"{' and '.join(missing)} required (or --batch DIR)", param_hint=missing[0])
     path = R.reconstruct(pa, lat, out, checkpoint=checkpoint, uncertainty=uncertainty, preview=preview, device=device,
-                         upscale=upscale, fmt=format_, overwrite=overwrite, report=report, refine=refinement)
+                         upscale=upscale, fmt=format_, overwrite=overwrite, report=report, refine=refinement,
+                         acquisition=acquisition)
     extras = [str(p) for p in (uncertainty, preview, report) if p is not None]
     console.print(f"[green]wrote[/green] {path}" + (f" (+ {', '.join(extras)})" if extras else ""))
 

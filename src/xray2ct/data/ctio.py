@@ -240,12 +240,14 @@ def load_volume(path: str | os.PathLike, spacing=None) -> tuple[np.ndarray, tupl
     return hu, _spacing3(sp, path)
 
 
-def save_nifti(path: str | os.PathLike, hu: np.ndarray, spacing, dtype: str | None = None) -> Path:
+def save_nifti(path: str | os.PathLike, hu: np.ndarray, spacing, dtype: str | None = None,
+               description: str | None = None) -> Path:
     """Write HU in (d, h, w) axes as NIfTI with a correct RAS affine, atomically.
 
     Args:
         dtype: "int16" (rounded, clipped to the int16 range), "float32", or None: int16
             when every value already is an int16 integer, else float32 (lossless either way).
+        description: the header's `descrip` (at most 80 characters; longer is cut).
     """
     import nibabel as nib
 
@@ -267,6 +269,8 @@ def save_nifti(path: str | os.PathLike, hu: np.ndarray, spacing, dtype: str | No
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
     img.header.set_slope_inter(1.0, 0.0)
+    if description:
+        img.header["descrip"] = description.encode("ascii", "replace")[:80]
     path = Path(path)
     with atomic_path(path) as tmp:
         nib.save(img, tmp)

@@ -3,6 +3,7 @@
     ROOT/{id}/{id}.nii.gz          CT, HU, int16, RAS affine
     ROOT/{id}/{id}_pa_drr.png      PA DRR, 16-bit grey, bones bright
     ROOT/{id}/{id}_lat_drr.png     lateral DRR, 16-bit grey
+    ROOT/{id}/{id}_{pa,lat}_drr.json  the DRR's acquisition (xray2ct.acquisition sidecar)
     ROOT/splits.json               {"train": [...], "val": [...], "test": [...]}
 
 Every file is written atomically, so a case whose three files exist is complete.
@@ -45,9 +46,14 @@ def case_complete(root: str | os.PathLike, case_id: str) -> bool:
     return all(p.is_file() for p in case_files(root, case_id))
 
 
+def drr_geometry(shape, spacing, xray_size: int = 256) -> Geometry:
+    """The geometry the stored DRRs are rendered with (default distances, covering detector)."""
+    return Geometry(volume_shape=tuple(shape), voxel_mm=tuple(spacing), det_shape=(xray_size, xray_size))
+
+
 def render_drrs(hu: np.ndarray, spacing, xray_size: int = 256) -> np.ndarray:
     """HU (D, H, W) -> PA and lateral radiograph-like DRRs (2, xray_size, xray_size) in [0, 1]."""
-    g = Geometry(volume_shape=hu.shape, voxel_mm=tuple(spacing), det_shape=(xray_size, xray_size))
+    g = drr_geometry(hu.shape, spacing, xray_size)
     mu = hu_to_mu(torch.as_tensor(np.asarray(hu, dtype=np.float32)))
     with torch.no_grad():
         img = drr_to_radiograph(project(mu[None, None], g))  # (1, 2, R, C)
@@ -69,10 +75,16 @@ def write_case(root: str | os.PathLike, case_id: str, hu: np.ndarray, spacing, x
     """Write one case (CT + PA and lateral DRRs) under root/case_id; returns that folder.
 
     The CT is written last so that `find_cases` only lists cases whose DRRs exist too.
+    Each DRR gets its acquisition sidecar (`{stem}.json`: source_iso_mm, source_det_mm,
+    pixel_mm, position), which `reconstruct` reads.
     """
+    from xray2ct.acquisition import write_sidecar
+
     drrs = render_drrs(hu, spacing, xray_size)
+    geometry = drr_geometry(hu.shape, spacing, xray_size)
     for view, img in zip(("pa", "lat"), drrs):
         save_png16(xray_path(root, case_id, view), img)
+        write_sidecar(xray_path(root, case_id, view), geometry, view)
     save_nifti(volume_path(root, case_id), hu, spacing, dtype="int16")
     return Path(root) / case_id
 

@@ -4,7 +4,10 @@ Every film goes through the same steps, so a real radiograph and a DRR rendered 
 `xray2ct.physics.projector` look alike to the model:
 
 1. decode to one grey channel (RGB -> luminance, alpha dropped; DICOM: modality LUT /
-   rescale slope+intercept applied, MONOCHROME1 inverted, so bones are bright);
+   rescale slope+intercept, then the VOI LUT or first window (what the film is read with),
+   then inverted when it displays high values dark (MONOCHROME1, or Presentation LUT
+   Shape INVERSE on MONOCHROME2), so bones are bright; uniform collimator / shutter
+   borders cropped to the exposed field, see `exposed_field`);
 2. pad a non-square image to a square, centred, with the median of the two borders being
    padded (the background there: air or collimator). Padding keeps the anatomy's aspect
    ratio and all of the field of view, which the square detector of `Geometry` assumes;
@@ -24,6 +27,7 @@ needed is decoded at 1/2, 1/4 or 1/8 scale directly (libjpeg's DCT scaling, `dra
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +45,82 @@ TIFF_SUFFIXES = {".tif", ".tiff"}
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, what Pillow's convert("L") uses
 
 
+@dataclass(frozen=True)
+class XRayFile:
+    """A decoded radiograph and what its file says about the acquisition.
+
+    pixels: (H, W) grey, bones bright, after any border crop.
+    shape: (rows, cols) as decoded, before the crop.
+    crop: (top, bottom, left, right) pixels removed from the decoded image.
+    pixel_mm: detector pixel pitch from the DICOM header (ImagerPixelSpacing, else a
+        non-zero PixelSpacing, at the detector), mm; None: unknown (a PNG, or 0.000).
+    tags: acquisition tags found in a DICOM header, by keyword (numbers as floats, text as str).
+    """
+
+    pixels: np.ndarray
+    shape: tuple
+    crop: tuple = (0, 0, 0, 0)
+    pixel_mm: float | None = None
+    tags: dict = field(default_factory=dict)
+
+
 def load_xray(path: str | Path, size: int = 256) -> torch.Tensor:
     """Read a radiograph file -> float32 (size, size) in [0, 1], bones bright."""
     path = Path(path)
     return prepare_xray(read_xray_array(path, size=size), size=size, name=str(path))
+
+
+def read_xray(path: str | Path, size: int | None = None) -> XRayFile:
+    """Decode a radiograph with its acquisition tags (DICOM) and border crop; see XRayFile."""
+    path = Path(path)
+    _check_file(path)
+    if _is_dicom(path):
+        arr, pixel_mm, tags = _read_dicom(path, with_tags=True)
+        arr = _to_grey(arr, path)
+        top, bottom, left, right = exposed_field(arr)
+        cropped = arr[top:arr.shape[0] - bottom, left:arr.shape[1] - right]
+        return XRayFile(cropped, arr.shape, (top, bottom, left, right), pixel_mm, tags)
+    arr = read_xray_array(path, size)
+    return XRayFile(arr, arr.shape)
+
+
+BORDER_TOLERANCE = 0.01  # a border line's std, as a fraction of the image's 0.5-99.5 percentile range
+MIN_FIELD = 0.25  # keep at least this fraction of each side: a "border" beyond it is not one
+
+
+def exposed_field(img: np.ndarray, passes: int = 2) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) uniform border lines around the exposed field, in pixels.
+
+    A collimator blade or an electronic shutter leaves lines of one value (unexposed
+    film, or a burned-in black/white mask) along the image edges; the model has never
+    seen such a frame, so it is cropped. A line counts as border when its standard
+    deviation is under BORDER_TOLERANCE of the image's intensity range; lines are
+    peeled from each edge inwards, rows then columns, twice (a collimated column band
+    makes every full row non-uniform until the columns are gone). Crops leaving less
+    than MIN_FIELD of a side are not done.
+    """
+    a = np.asarray(img, dtype=np.float32)
+    lo, hi = np.percentile(a[:: max(1, a.shape[0] // 512), :: max(1, a.shape[1] // 512)], [0.5, 99.5])
+    tol = BORDER_TOLERANCE * max(float(hi - lo), 1e-12)
+    top = bottom = left = right = 0
+    for _ in range(passes):
+        field_ = a[top:a.shape[0] - bottom, left:a.shape[1] - right]
+        row_flat = field_.std(axis=1) <= tol  # (H,)
+        t, b = _run(row_flat), _run(row_flat[::-1])
+        field_ = field_[t:field_.shape[0] - b]
+        col_flat = field_.std(axis=0) <= tol if field_.shape[0] else np.zeros(field_.shape[1], bool)  # (W,)
+        l_, r = _run(col_flat), _run(col_flat[::-1])
+        top, bottom, left, right = top + t, bottom + b, left + l_, right + r
+    h, w = a.shape
+    if h - top - bottom < MIN_FIELD * h or w - left - right < MIN_FIELD * w:
+        return 0, 0, 0, 0
+    return top, bottom, left, right
+
+
+def _run(flags: np.ndarray) -> int:
+    """Length of the leading run of True."""
+    off = np.flatnonzero(~flags)
+    return int(off[0]) if off.size else int(flags.size)
 
 
 def prepare_xray(image: np.ndarray | torch.Tensor, size: int = 256, name: str = "image") -> torch.Tensor:
@@ -106,24 +182,35 @@ def read_xray_array(path: str | Path, size: int | None = None) -> np.ndarray:
     DCT scale still at least that large.
     """
     path = Path(path)
-    if not path.exists():
-        raise XRay2CTInputError(f"{path}: X-ray file not found")
-    if path.is_dir():
-        raise XRay2CTInputError(f"{path}: is a folder, expected an X-ray image file")
-    if path.stat().st_size == 0:
-        raise XRay2CTInputError(f"{path}: file is empty (0 bytes)")
+    _check_file(path)
     with open(path, "rb") as f:
         head = f.read(132)
     suffix = path.suffix.lower()
     if suffix == ".npy" or head.startswith(b"\x93NUMPY"):
         arr = _read_npy(path)
-    elif suffix in DICOM_SUFFIXES or head[128:132] == b"DICM":
+    elif _is_dicom(path):
         arr = _read_dicom(path)
     elif suffix in TIFF_SUFFIXES or head[:4] in (b"II*\x00", b"MM\x00*"):
         arr = _read_tiff(path)
     else:
         arr = _read_pillow(path, size)
     return _to_grey(arr, path)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise XRay2CTInputError(f"{path}: X-ray file not found")
+    if path.is_dir():
+        raise XRay2CTInputError(f"{path}: is a folder, expected an X-ray image file")
+    if path.stat().st_size == 0:
+        raise XRay2CTInputError(f"{path}: file is empty (0 bytes)")
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    with open(path, "rb") as f:
+        return f.read(132)[128:132] == b"DICM"
 
 
 def _check_pixels(path: Path, n_pixels: int, shape: tuple) -> None:
@@ -216,10 +303,50 @@ def _read_tiff(path: Path) -> np.ndarray:
     return arr
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+ACQUISITION_TAGS = ("DistanceSourceToDetector", "DistanceSourceToPatient", "ImagerPixelSpacing", "PixelSpacing",
+                    "EstimatedRadiographicMagnificationFactor", "ViewPosition", "PatientOrientation",
+                    "PixelSpacingCalibrationType", "Modality")
+
+
+def _dicom_tags(ds) -> dict:
+    """The acquisition tags present and non-empty: numbers as floats (lists for pairs), text as str."""
+    out = {}
+    for key in ACQUISITION_TAGS:
+        value = ds.get(key)
+        if value is None or value == "":
+            continue
+        if key in ("ImagerPixelSpacing", "PixelSpacing", "PatientOrientation"):
+            items = list(value) if not isinstance(value, str) else [value]
+            out[key] = [str(v) for v in items] if key == "PatientOrientation" else [float(v) for v in items]
+        elif key in ("ViewPosition", "PixelSpacingCalibrationType", "Modality"):
+            out[key] = str(value).strip().upper()
+        else:
+            out[key] = float(value)
+    return out
+
+
+def _dicom_pixel_mm(tags: dict) -> float | None:
+    """Detector pitch, mm: ImagerPixelSpacing, else PixelSpacing (a 0.000 spacing is missing).
+
+    A PixelSpacing calibrated to the patient (PixelSpacingCalibrationType present) is
+    scaled back to the detector by EstimatedRadiographicMagnificationFactor."""
+    for key in ("ImagerPixelSpacing", "PixelSpacing"):
+        values = [v for v in tags.get(key, []) if v > 0]
+        if len(values) == len(tags.get(key, [])) and values:
+            if len(set(values)) > 1:
+                warnings.warn(f"{key} {values}: non-square pixels; using their mean", stacklevel=3)
+            pitch = float(np.mean(values))
+            if key == "PixelSpacing" and "PixelSpacingCalibrationType" in tags:
+                pitch *= tags.get("EstimatedRadiographicMagnificationFactor", 1.0)
+            return pitch
+    return None
+
+
+def _read_dicom(path: Path, with_tags: bool = False):
+    """-> pixels (H, W) bones bright; with_tags: (pixels, pitch mm or None, acquisition tags)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, pixel_array
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     try:
         ds = pydicom.dcmread(path, defer_size="1 MB")  # header now; large elements (pixels) only when used
@@ -238,6 +365,20 @@ def _read_dicom(path: Path) -> np.ndarray:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric.startswith("MONOCHROME"):
         arr = apply_modality_lut(arr, ds).astype(np.float64)  # stored values -> e.g. HU / exposure
-        if photometric == "MONOCHROME1":
-            arr = arr.max() + arr.min() - arr  # MONOCHROME1: high values display dark; flip so bones are bright
+        if "VOILUTSequence" in ds or "WindowCenter" in ds:
+            # the VOI LUT (or the first window) is how the film is meant to be read: it clips
+            # the unexposed and burned-through tails and may be non-linear (a film curve)
+            try:
+                arr = np.asarray(apply_voi_lut(arr, ds, index=0), dtype=np.float64)
+            except Exception as e:  # a malformed LUT: the raw values still make an image
+                warnings.warn(f"{path}: VOI LUT / window not applied ({e})", stacklevel=2)
+        shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+        # MONOCHROME1 displays high values dark (its Presentation LUT Shape, when present, is
+        # INVERSE and says the same again); MONOCHROME2 with INVERSE is displayed inverted too.
+        # Flip once, so bones are bright.
+        if photometric == "MONOCHROME1" or shape == "INVERSE":
+            arr = arr.max() + arr.min() - arr
+    if with_tags:
+        tags = _dicom_tags(ds)
+        return arr, _dicom_pixel_mm(tags), tags
     return arr
