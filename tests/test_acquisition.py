@@ -196,3 +196,59 @@ def test_rg1_jpeg2000_matches_uncompressed_if_decodable():
     except XRay2CTInputError as e:
         pytest.skip(f"no JPEG 2000 decoder installed: {e}")
     torch.testing.assert_close(a, b, atol=1e-3, rtol=0)
+
+
+# --- reconstruct: the study's geometry reaches the network, the refinement and the outputs ------
+def _case(tmp_path, xray_size=128):
+    from xray2ct.data.layout import write_case
+    from xray2ct.data.phantoms import chest_phantom
+
+    case = write_case(tmp_path, "c1", chest_phantom(32, seed=5), (10.0,) * 3, xray_size=xray_size)
+    return case / "c1_pa_drr.png", case / "c1_lat_drr.png"
+
+
+def test_reconstruct_records_the_acquisition(tmp_path):
+    import nibabel as nib
+
+    from xray2ct.engine.reconstruct import NO_REFINE, reconstruct
+
+    pa, lat = _case(tmp_path)
+    out = reconstruct(pa, lat, tmp_path / "ct.nii.gz", device="cpu", refine=NO_REFINE,
+                      acquisition=AcquisitionFlags(sid=1800.0, sod=1650.0, lat_pixel_mm=1.5))
+    text = nib.load(str(out)).header["descrip"].item().decode()
+    assert text.startswith("xray2ct SID1800 SOD1650 px") and text.endswith("; SID1800 SOD1650 px1.5 LL")
+    assert " PA" in text  # the PA pitch is its sidecar's, not the lateral flag's
+
+
+def test_refinement_projects_with_the_study_geometry(tmp_path, monkeypatch):
+    import xray2ct.engine.reconstruct as R
+
+    seen = []
+    original = R.run_refine
+
+    def spy(mu, log_var, xrays, geometry, *args, **kwargs):
+        seen.append(geometry)
+        return original(mu, log_var, xrays, geometry, *args, **kwargs)
+
+    monkeypatch.setattr(R, "run_refine", spy)
+    pa, lat = _case(tmp_path)
+    model, cfg, dev = R.load_for_inference(None, "cpu")
+    study = R.load_study_for(model, cfg, pa, lat, AcquisitionFlags(sid=1800.0, sod=1650.0, pixel_mm=2.0, ap=True))
+    rec = R.reconstruct_pair(model, cfg, dev, study.xrays, refine=R.RefineOptions(steps=1, size=16),
+                             geometry=study.geometry)
+    g = seen[0]
+    assert g.views == ("ap", "lat") and g.volume_shape == (16, 16, 16)
+    assert g.setup("ap").source_det_mm == 1800.0 and g.setup("lat").det_pixel_mm == pytest.approx(2.0 * 128 / 128)
+    assert rec.hu.shape == (16, 16, 16)
+    assert model.geometry.views == ("pa", "lat")  # the model's own geometry is back
+
+
+def test_report_details_carry_the_record(tmp_path):
+    from xray2ct.engine.reconstruct import save_report
+
+    pa, lat = _case(tmp_path, xray_size=64)
+    study = load_study(pa, lat, 128, NOMINAL)
+    hu = np.zeros((8, 8, 8), np.float32)
+    page = save_report(tmp_path / "r.html", hu, None, (40.0,) * 3, study.xrays, details=study.details())
+    html = page.read_text() if hasattr(page, "read_text") else (tmp_path / "r.html").read_text()
+    assert "acquisition (frontal)" in html and "SID949 SOD541" in html and "from sidecar" in html

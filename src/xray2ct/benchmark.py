@@ -272,8 +272,15 @@ def refine_suite(device: str = "cpu", checkpoint=None, quick: bool = False, imag
     return run(checkpoint, device, images_dir=images_dir, quick=quick, **sizes)
 
 
+def robustness_suite(device: str = "cpu", checkpoint=None, quick: bool = False, images_dir=None) -> SuiteResult:
+    """Real acquisitions, geometry known vs assumed, on fresh phantoms (`xray2ct.robustness`)."""
+    from xray2ct.robustness import robustness_suite as run
+
+    return run(checkpoint, device, n=2 if quick else 8, quick=quick, images_dir=images_dir)
+
+
 SUITES = {"projector": projector_suite, "data": data_suite, "components": components_suite, "model": model_suite,
-          "quality": quality_suite, "refine": refine_suite}
+          "quality": quality_suite, "refine": refine_suite, "robustness": robustness_suite}
 
 
 def run_suite(name: str, device: str = "cpu", quick: bool = False, images_dir: str | os.PathLike | None = None,
@@ -296,6 +303,9 @@ def run_suite(name: str, device: str = "cpu", quick: bool = False, images_dir: s
                                 heads=2 if quick else 8, repeats=2 if quick else 3, images_dir=images_dir)
     if name == "model":
         return model_suite(device, sizes=(16,) if quick else (32, 64), repeats=1 if quick else 3, memory=not quick)
+    if name == "robustness":
+        return robustness_suite(device, checkpoint=quality_options.get("checkpoint"), quick=quick,
+                                images_dir=images_dir)
     if name == "refine":
         return refine_suite(device, checkpoint=quality_options.get("checkpoint"), quick=quick, images_dir=images_dir)
     if quick:

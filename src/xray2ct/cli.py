@@ -259,8 +259,9 @@ def info(
 
 @app.command()
 def benchmark(
-    suite: str = typer.Option("all", help="projector | data | components | model | quality | refine | all"),
-    checkpoint: Optional[Path] = typer.Option(None, help="refine: the model to refine with; default: bundled weights."),
+    suite: str = typer.Option("all", help="projector | data | components | model | quality | refine | robustness "
+                              "| all"),
+    checkpoint: Optional[Path] = typer.Option(None, help="refine, robustness: the model; default: bundled weights."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     out: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update (its section per "
                                        "suite); figures go to images/ beside it."),
@@ -293,7 +294,8 @@ def benchmark(
     for name in names:
         console.print(f"running suite [bold]{name}[/bold] on {device} …")
         options = dict(data_dir=data, budget_s=budget, variants=variants, config=config, runs_dir=runs)
-        options = options if name == "quality" else {"checkpoint": checkpoint} if name == "refine" else {}
+        options = options if name == "quality" else {"checkpoint": checkpoint} if name in ("refine", "robustness") \
+            else {}
         result = run_suite(name, device, quick=quick, images_dir=images, **options)
         Console().print(result.markdown)
         if out is not None:

@@ -1,0 +1,50 @@
+"""The robustness suite's pieces: the grid, the patient's placement, the known geometry."""
+import numpy as np
+import pytest
+import torch
+
+from xray2ct.config import GeometryConfig
+from xray2ct.robustness import DETECTOR_PX, Point, _patient, grid, known_geometry, render
+
+
+def test_grid_covers_the_issue():
+    points = grid()
+    assert {p.sdd for p in points} == {1000.0, 1500.0, 1800.0} and {p.detector_mm for p in points} == {430.0, None}
+    assert {p.shift_mm for p in points} == {0.0, 20.0, -20.0} and {p.turn_deg for p in points} == {0.0, 3.0, -3.0}
+    assert {p.frontal for p in points} == {"pa", "ap"} and len(points) == 36
+
+
+def test_patient_shift_moves_the_body_without_losing_it():
+    hu = np.full((4, 6, 6), -1000.0)
+    hu[1:3, 2:4, 1:3] = 0.0
+    moved = _patient(hu, 10.0, Point(1800.0, 430.0, shift_mm=20.0))
+    assert moved.shape == (4, 6, 10)
+    cols = np.nonzero((moved > -1000).any(axis=(0, 1)))[0]
+    assert list(cols) == [5, 6]  # body at w 1..2 in a 6-wide field -> 3..4 in the padded 10-wide one -> +2 voxels
+    with pytest.raises(ValueError, match="whole number"):
+        _patient(hu, 10.0, Point(1800.0, 430.0, shift_mm=15.0))
+
+
+def test_known_geometry_projects_like_the_film():
+    """A point lands at the same place on the model's image as on the 256² film it was rendered on."""
+    import xray2ct
+
+    nominal = GeometryConfig().build(32, 128)
+    p = Point(1500.0, 430.0, frontal="ap")
+    g = known_geometry(p, 430.0 / DETECTOR_PX, 128, nominal)
+    film = xray2ct.Geometry(volume_shape=(32,) * 3, voxel_mm=10.0, source_iso_mm=p.sod, source_det_mm=p.sdd,
+                            det_shape=(DETECTOR_PX,) * 2, det_pixel_mm=430.0 / DETECTOR_PX, views=("ap", "lat"))
+    pts = torch.randn(20, 3, dtype=torch.float64) * 80
+    for view in ("ap", "lat"):
+        fr, fc, _ = film.project_points(pts, view)
+        mr, mc, _ = g.project_points(pts, view)
+        torch.testing.assert_close(mr, (fr + 0.5) / 2 - 0.5)  # 256 -> 128 px
+        torch.testing.assert_close(mc, (fc + 0.5) / 2 - 0.5)
+
+
+def test_render_gives_films_in_range():
+    hu = np.full((8, 8, 8), -1000.0)
+    hu[2:6, 2:6, 2:6] = 300.0
+    films, pitch = render(hu, 40.0, Point(1000.0, None, turn_deg=3.0), None)
+    assert films.shape == (2, DETECTOR_PX, DETECTOR_PX) and 0 <= films.min() and films.max() <= 1
+    assert pitch > 0
