@@ -236,3 +236,13 @@ def test_bad_inputs():
         m(torch.randn(1, 60, 32))
     with pytest.warns(UserWarning, match="mhsa"):
         build_attention("mhsa", 32, 4, (4, 4, 4), multiscale=True)
+
+
+def test_cascaded_heads_count_batches_like_batchnorm_modules():
+    """The heads' BatchNorms run functionally; their counters still advance once per training call."""
+    m = make("multiscale")
+    x = torch.randn(2, 64, 32)
+    m(x)
+    m.eval()(x)
+    counts = {n: int(b) for n, b in m.named_buffers() if n.endswith("num_batches_tracked")}
+    assert len(counts) == 2 * 4 and set(counts.values()) == {1}, counts

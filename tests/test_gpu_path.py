@@ -111,3 +111,48 @@ def test_optimized_model_compiles_to_one_graph(train):
             # the compiled backward gives zeros where eager leaves None (log_var is not in the loss)
             got, want_grad = (torch.zeros_like(p) if t.grad is None else t.grad for t in (p, q))
             torch.testing.assert_close(got, want_grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+# --- CUDA graphs: config and the fallback where capture is impossible ----------------------
+def test_cuda_graphs_config_is_validated():
+    from xray2ct.config import ConfigError
+
+    cfg = load_config(CONFIGS / "cpu-small.json", overrides={"optimization.cuda_graphs": True})
+    assert cfg.optimization.cuda_graphs and not load_config(CONFIGS / "cpu-small.json").optimization.cuda_graphs
+    with pytest.raises(ConfigError, match="optimization.cuda_graphs"):
+        load_config(CONFIGS / "cpu-small.json", overrides={"optimization.cuda_graphs": "yes"})
+    with pytest.raises(ConfigError, match="cuda_graph"):  # a misspelt key is named, with the suggestion
+        load_config(CONFIGS / "cpu-small.json", overrides={"optimization.cuda_graph": True})
+
+
+def test_cuda_graphs_fall_back_on_cpu_with_one_message():
+    from xray2ct.engine.graphs import cuda_graphs_unavailable, with_cuda_graphs
+
+    model = torch.nn.Linear(2, 2)
+    with pytest.warns(UserWarning, match="optimization.cuda_graphs: CUDA graphs need a CUDA device; this run is on cpu"):
+        same, graphed = with_cuda_graphs(model, "cpu")
+    assert same is model and not graphed
+    assert "DistributedDataParallel" in cuda_graphs_unavailable("cuda", distributed=True) or not torch.cuda.is_available()
+
+
+def test_training_with_cuda_graphs_on_cpu_warns_once_and_trains(tmp_path):
+    import warnings
+
+    from _tiny import TINY_MODEL
+
+    from xray2ct.data.prepare import make_phantom_dataset
+    from xray2ct.engine.train import train
+
+    data = tmp_path / "data"
+    make_phantom_dataset(data, n=6, size=16, seed=5, xray_size=32, progress=False)
+    cfg = load_config(CONFIGS / "cpu-small.json", overrides={
+        **TINY_MODEL, "model.num_attn_blocks": 1, "model.num_ffn_blocks": 1, "model.key_dim": 8,
+        "training.batch_size": 2, "training.num_epochs": 1, "data.num_workers": 0,
+        "optimization.use_mixed_precision": False, "optimization.cuda_graphs": True})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg, tmp_path / "run", data_dir=data, device="cpu", progress=False, max_steps=2)
+    messages = [str(w.message) for w in caught if "cuda_graphs" in str(w.message)]
+    assert messages == ["optimization.cuda_graphs: CUDA graphs need a CUDA device; this run is on cpu; "
+                        "running without CUDA graphs"]
+    assert (tmp_path / "run" / "last.safetensors").is_file()

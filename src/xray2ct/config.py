@@ -128,6 +128,9 @@ class DataConfig:
 class OptimizationConfig:
     use_mixed_precision: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
     compile_model: bool = False  # torch.compile the model
+    # CUDA graphs for the training step's forward and backward (torch.compile mode="reduce-overhead");
+    # falls back, with a warning, where capture is impossible (CPU, DDP). Unmeasured on a GPU so far.
+    cuda_graphs: bool = False
 
 
 @dataclass(frozen=True)

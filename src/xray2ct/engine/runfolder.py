@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 # resumed run is still the same run. num_epochs lengthens (or shortens) it; the cosine
 # schedule is recomputed for the new length.
 SAFE_ON_RESUME = ("training.num_epochs", "training.max_bad_steps", "data.num_workers", "data.prefetch_factor",
-                  "data.dataset_path", "logging.*", "optimization.compile_model", "description")
+                  "data.dataset_path", "logging.*", "optimization.compile_model", "optimization.cuda_graphs",
+                  "description")
 
 
 class RunFolderError(UserError, ValueError):

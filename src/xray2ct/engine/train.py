@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from xray2ct.checkpoint import load_checkpoint, load_training_state, load_weights, rng_state, save_checkpoint, set_rng_state
 from xray2ct.config import Config, save_config
 from xray2ct.engine import distributed as D
+from xray2ct.engine.graphs import step_begin, with_cuda_graphs
 from xray2ct.engine.runfolder import check_resume_config, prepare_fresh_run
 from xray2ct.errors import UserError
 
@@ -320,7 +321,10 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
                  else D.convert_batchnorm(model))
         raw_model = model
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    if cfg.optimization.compile_model:
+    graphs = False
+    if cfg.optimization.cuda_graphs:
+        model, graphs = with_cuda_graphs(model, dev, distributed=info.enabled)  # warns when it cannot
+    if cfg.optimization.compile_model and not graphs:
         model = torch.compile(model)
     loss_fn = Loss.from_config(cfg).to(dev)
     optimizer = make_optimizer(raw_model, cfg)
@@ -395,6 +399,8 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
             for batch in train_loader:
                 xrays, ct = batch_to(batch, dev)
                 micro += 1
+                if graphs:
+                    step_begin()
                 last_micro = micro % tc.grad_accum_steps == 0
                 sync = nullcontext() if (last_micro or not info.enabled) else model.no_sync()
                 with sync:

@@ -202,13 +202,20 @@ class CascadedHead(nn.Module):
         return _attend(q, k, v, self.scale)
 
 
+def _plain_batch_norm(bn: nn.Module) -> bool:
+    """A torch BatchNorm{1,2,3}d with a fixed momentum and running stats. Anything else
+    keeps its own forward: a cumulative average (momentum None) needs the counter first,
+    and a SyncBatchNorm / GlobalBatchNorm (DDP) reduces its statistics over the ranks."""
+    return (type(bn) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d) and bn.momentum is not None
+            and bn.track_running_stats)
+
+
 def batch_norm(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
     """bn(x) for (B, C, ...) x in one dispatch (F.batch_norm goes through three wrappers).
 
     The module's own num_batches_tracked is not counted here: with a fixed momentum it is
     unused, and the cascaded attention advances all its heads' counters in one call."""
-    # momentum None (a cumulative average) needs the counter first: take the module's path
-    if bn.momentum is None or not bn.track_running_stats:
+    if not _plain_batch_norm(bn):
         return bn(x)
     training = bn.training
     return torch.native_batch_norm(
@@ -272,16 +279,18 @@ class CascadedGroupAttention(nn.Module):
 
     def _bn_counters(self) -> list[torch.Tensor]:
         """num_batches_tracked of every head's BatchNorms (see `batch_norm`)."""
-        return [bn.num_batches_tracked for h in self.heads for bn in (h.qkv_norm, h.q_norm)]
+        return [bn.num_batches_tracked for h in self.heads for bn in (h.qkv_norm, h.q_norm)
+                if _plain_batch_norm(bn)]
 
     def forward(
         self, x: torch.Tensor, return_heads: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, N, dim) -> (B, N, dim); with return_heads also the h per-head (B, N, d_v) outputs."""
         check_tokens(x, self.dim, self.grid)
-        if self.training:
+        counters = self._bn_counters() if self.training else []
+        if counters:
             # what each BatchNorm module would do on its own call, for all 2h of them at once
-            torch._foreach_add_(self._bn_counters(), 1)
+            torch._foreach_add_(counters, 1)
         chunks = x.chunk(self.num_heads, dim=-1)  # h x (B, N, d_v), strided views
         outs: list[torch.Tensor] = []
         for chunk, head in zip(chunks, self.heads):
