@@ -144,8 +144,6 @@ class Reconstructor:
 
     def __call__(self, pa, lat, progress: Callable[[float, str], None] = lambda f, desc: None,
                  refine: bool = True) -> Result:
-        import torch
-
         from xray2ct.engine.reconstruct import NO_REFINE, RefineOptions, reconstruct_pair, save_report, save_volume
         from xray2ct.surface import try_bone_surface, write_obj
 
@@ -153,14 +151,16 @@ class Reconstructor:
         progress(0.1, "reading the X-rays")
         (pa, pa_img), (lat, lat_img) = self._load_both(pa, lat)
         warnings = self._check_pair(pa, pa_img, lat, lat_img)
-        xrays = torch.stack([pa_img, lat_img])[None]  # (1, 2, S, S), PA first
+        study = self._study(pa, lat)
+        xrays = study.xrays  # (1, 2, S, S), PA first
         progress(0.3, "reconstructing and refining against the X-rays" if refine else "reconstructing")
-        rec = reconstruct_pair(self.model, self.cfg, self.device, xrays, refine=RefineOptions() if refine else NO_REFINE)
+        rec = reconstruct_pair(self.model, self.cfg, self.device, xrays, refine=RefineOptions() if refine else NO_REFINE,
+                               geometry=study.geometry)
         projections = rec.projection_html()
         hu, std, spacing = rec.hu, rec.std_hu, rec.spacing
         out = self._new_folder()
         progress(0.6, "writing files")
-        files = {"volume": save_volume(out / "ct.nii.gz", hu, spacing, "nifti")}
+        files = {"volume": save_volume(out / "ct.nii.gz", hu, spacing, "nifti", description=study.descrip())}
         if std is not None:
             files["uncertainty"] = save_volume(out / "uncertainty_std.nii.gz", std, spacing, "nifti", dtype="float32")
         progress(0.75, "bone surface")
@@ -172,9 +172,22 @@ class Reconstructor:
         progress(0.9, "report")
         files["report"] = save_report(out / "report.html", hu, std, spacing, xrays, mesh=mesh,
                                       title=f"{pa.name} + {lat.name}", metrics=metrics or None,
-                                      projections=projections)
+                                      projections=projections, details=study.details())
         return Result(hu, std, spacing, files, time.perf_counter() - started, metrics, note, mesh, warnings,
                       rec.refinement, projections)
+
+    def _study(self, pa: Path, lat: Path):
+        """Both films with their acquisitions (DICOM tags, sidecars, else the training geometry)."""
+        import warnings as py_warnings
+
+        from xray2ct.engine.reconstruct import load_study_for
+
+        try:
+            with py_warnings.catch_warnings():  # a swapped pair is already reported by _check_pair
+                py_warnings.simplefilter("ignore", UserWarning)
+                return load_study_for(self.model, self.cfg, pa, lat)
+        except UserError as e:
+            raise AppInputError(f"The X-rays could not be used: {e}") from None
 
     def _load_both(self, pa, lat):
         """Both views, or one AppInputError listing every bad one (the user fixes both at once)."""
