@@ -294,6 +294,7 @@ class Reconstruction:
     refinement: RefineResult | None = None  # what physics-consistent refinement did; None: not refined
     reprojected: torch.Tensor | None = None  # (1, 2, S, S) the result's DRRs on the inputs' intensities
     reprojected_network: torch.Tensor | None = None  # ... and the network's, when refinement changed it
+    network: torch.Tensor | None = None  # (1, 1, n, n, n) the network's own volume, when refinement changed it
 
     def projection_html(self) -> str:
         """The report's physics check: inputs beside the DRRs of the result (and of the network)."""
@@ -371,7 +372,7 @@ def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_st
     if with_std and log_var is not None:  # skipped when unused: at an upscaled size it is a large resample
         std = uncertainty_hu(_upscale(log_var, upscale))[0, 0].numpy() * cfg.refine.sigma_scale
     return Reconstruction(volume, hu, std, tuple(cfg.geometry.fov_mm / n for n in hu.shape), xrays, result,
-                          reprojected, reprojected_network)
+                          reprojected, reprojected_network, network)
 
 
 def _upscale(vol: torch.Tensor, upscale) -> torch.Tensor:
