@@ -86,14 +86,18 @@ def fit_intensity(line_integrals: torch.Tensor, xrays: torch.Tensor, fog_order: 
     return (design @ coef)[..., 0].unflatten(2, (rows, cols))
 
 
+def line_integrals(volume: torch.Tensor, geometry: Geometry, mu_water: float = 0.02) -> torch.Tensor:
+    """Normalized CT (B, 1, D, H, W) -> its DRR line integrals (B, V, R, C)."""
+    return project(hu_to_mu(unit_to_hu(volume), mu_water), geometry)
+
+
 def reproject(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog_order: int = 1,
               mu_water: float = 0.02) -> torch.Tensor:
     """The volume's DRRs mapped onto the X-rays' intensities: (B, 1, D, H, W), (B, V, R, C) -> (B, V, R, C) in [0, 1].
 
     What the refinement compares with the input; shown beside it in reports.
     """
-    li = project(hu_to_mu(unit_to_hu(volume), mu_water), geometry)
-    return fit_intensity(li, xrays, fog_order).clamp(0, 1)
+    return fit_intensity(line_integrals(volume, geometry, mu_water), xrays, fog_order).clamp(0, 1)
 
 
 def data_term(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog_order: int = 1,
@@ -103,7 +107,7 @@ def data_term(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog
     pool > 1 compares pool x pool pixel averages: detail finer than a voxel's shadow cannot
     be explained by the volume, and fitting it anyway paints artefacts into the volume.
     """
-    li = project(hu_to_mu(unit_to_hu(volume), mu_water), geometry)
+    li = line_integrals(volume, geometry, mu_water)
     valid = (xrays > 0) & (xrays < 1)
     if pool > 1:
         li, xrays = (F.avg_pool2d(t, pool, ceil_mode=True) for t in (li, xrays))
