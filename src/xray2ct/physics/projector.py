@@ -17,7 +17,6 @@ at half-voxel steps at a fraction of the samples.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from xray2ct.geometry import Geometry, get_view
 from xray2ct.interpolation import linear_weights
