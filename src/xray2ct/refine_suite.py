@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +92,7 @@ def refine_suite(checkpoint=None, device: str = "cpu", n_val: int = 12, n_test: 
                  n_fine: int = 6, images_dir: str | os.PathLike | None = None, quick: bool = False):
     """Run the suite on `checkpoint` (default: the bundled weights); returns a SuiteResult."""
     from xray2ct.benchmark import SuiteResult
-    from xray2ct.calibration import coverage, fit_temperature, reliability
+    from xray2ct.calibration import coverage, fit_temperature
     from xray2ct.engine.reconstruct import load_for_inference
 
     model, cfg, dev = load_for_inference(checkpoint, device)
