@@ -252,3 +252,10 @@ def test_report_details_carry_the_record(tmp_path):
     page = save_report(tmp_path / "r.html", hu, None, (40.0,) * 3, study.xrays, details=study.details())
     html = page.read_text() if hasattr(page, "read_text") else (tmp_path / "r.html").read_text()
     assert "acquisition (frontal)" in html and "SID949 SOD541" in html and "from sidecar" in html
+
+
+def test_load_xray_crops_a_dicom_film_like_read_xray():
+    from xray2ct.data.xrayio import load_xray, prepare_xray, read_xray
+
+    path = _testdata("RG3_UNCR.dcm")
+    torch.testing.assert_close(load_xray(path, size=64), prepare_xray(read_xray(path).pixels, size=64))

@@ -65,9 +65,10 @@ class XRayFile:
 
 
 def load_xray(path: str | Path, size: int = 256) -> torch.Tensor:
-    """Read a radiograph file -> float32 (size, size) in [0, 1], bones bright."""
+    """Read a radiograph file -> float32 (size, size) in [0, 1], bones bright (a DICOM film
+    cropped to its exposed field; see `read_xray` for its acquisition tags)."""
     path = Path(path)
-    return prepare_xray(read_xray_array(path, size=size), size=size, name=str(path))
+    return prepare_xray(read_xray(path, size=size).pixels, size=size, name=str(path))
 
 
 def read_xray(path: str | Path, size: int | None = None) -> XRayFile:
