@@ -259,3 +259,17 @@ def test_load_xray_crops_a_dicom_film_like_read_xray():
 
     path = _testdata("RG3_UNCR.dcm")
     torch.testing.assert_close(load_xray(path, size=64), prepare_xray(read_xray(path).pixels, size=64))
+
+
+def test_cli_passes_the_acquisition_flags(monkeypatch):
+    from typer.testing import CliRunner
+
+    import xray2ct.engine.reconstruct as R
+    from xray2ct.cli import app
+
+    seen = {}
+    monkeypatch.setattr(R, "reconstruct", lambda *a, **k: seen.update(k) or "out.nii.gz")
+    r = CliRunner().invoke(app, ["reconstruct", "--pa", "a.png", "--lat", "b.png", "--out", "o.nii.gz", "--ap",
+                                 "--sid", "1800", "--sod", "1650", "--pixel-mm", "0.2", "--lat-sid", "1500"])
+    assert r.exit_code == 0, r.output
+    assert seen["acquisition"] == AcquisitionFlags(sid=1800.0, sod=1650.0, pixel_mm=0.2, lat_sid=1500.0, ap=True)
