@@ -14,7 +14,6 @@ from xray2ct.models.attention import (
     cga_param_count,
     mhsa_param_count,
     multiscale_pools,
-    unused_query_parameters,
 )
 
 
@@ -62,14 +61,8 @@ def test_shape_finite_and_every_parameter_gets_gradient(kind, grid, key_dim):
     assert y.shape == x.shape
     assert torch.isfinite(y).all()
     y.square().mean().backward()
-    unused = unused_query_parameters(m)  # queries of heads whose K/V pool to one token
-    assert unused == set() or kind == "multiscale"
     for name, p in m.named_parameters():
-        assert p.grad is not None, f"no gradient for {name}"
-        if name in unused:  # softmax over one key is 1: exactly no effect
-            assert p.grad.abs().sum() == 0, f"{name} has a gradient but its head attends to one token"
-        else:
-            assert p.grad.abs().sum() > 0, f"no gradient for {name}"
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {name}"
 
 
 @pytest.mark.parametrize("kind", KINDS)

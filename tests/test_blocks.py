@@ -15,7 +15,6 @@ from xray2ct.models.blocks import (
     TransformerStack,
     block_order,
 )
-from xray2ct.models.attention import unused_query_parameters
 from xray2ct.models.conditioning import AdaptiveModulation
 
 
@@ -78,10 +77,8 @@ def test_stack_every_parameter_gets_gradient(layout, attention):
     y = m(torch.randn(2, N, DIM), torch.randn(2, 6))
     assert torch.isfinite(y).all()
     y.square().mean().backward()
-    unused = unused_query_parameters(m)  # queries of heads whose K/V pool to one token
     for name, p in m.named_parameters():
-        assert p.grad is not None, f"no gradient for {name}"
-        assert (p.grad.abs().sum() == 0) == (name in unused), f"gradient of {name}"
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {name}"
 
 
 def test_modulation_identity_at_init_then_learns_cond():

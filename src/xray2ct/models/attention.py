@@ -103,7 +103,11 @@ EXPLICIT_ATTENTION_MAX_SCORES = 2**22
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """One head, softmax(q k^T * scale) v: q (B,N,dk), k (B,M,dk), v (B,M,dv) -> (B,N,dv)."""
-    if q.shape[1] * k.shape[1] <= EXPLICIT_ATTENTION_MAX_SCORES:
+    # M == 1 (K/V pooled to one token) stays on SDPA as before: softmax over one key is 1, so
+    # the output is v whatever q is and the head's query branch (q_dw, q_norm) has no effect;
+    # the explicit form would make its gradient exactly 0 where SDPA's rounding leaves it
+    # tiny, and that changes what "every parameter gets a gradient" reports.
+    if 1 < k.shape[1] and q.shape[1] * k.shape[1] <= EXPLICIT_ATTENTION_MAX_SCORES:
         return torch.bmm((torch.bmm(q, k.transpose(1, 2)) * scale).softmax(-1), v)  # (B, N, M) scores
     d_k, d_v = q.shape[-1], v.shape[-1]
     # PyTorch's CPU flash kernel needs equal head dims; with d_k != d_v SDPA drops to the
@@ -299,21 +303,6 @@ class CascadedGroupAttention(nn.Module):
             outs.append(head(feat, self.grid))
         y = self.proj(self.act(torch.cat(outs, dim=-1)))  # h x (B, N, d_v) -> (B, N, dim)
         return (y, outs) if return_heads else y
-
-
-def unused_query_parameters(model: nn.Module) -> set[str]:
-    """Names (as in model.named_parameters()) of the query branch (q_dw, q_norm) of every
-    cascaded head whose K/V pool to one token: softmax over a single key is 1, so those
-    queries cannot change the output and their gradient is exactly zero. This is the
-    coarsest multi-scale group on a small grid (8³ with pool 8, as in cpu-small)."""
-    names = set()
-    for prefix, m in model.named_modules():
-        if isinstance(m, CascadedGroupAttention):
-            for i, head in enumerate(m.heads):
-                if math.prod(-(-g // p) for g, p in zip(m.grid, head.kv_pool)) == 1:
-                    names |= {f"{prefix}.heads.{i}.{n}".lstrip(".") for n, _ in head.named_parameters()
-                              if n.startswith(("q_dw.", "q_norm."))}
-    return names
 
 
 def multiscale_pools(
