@@ -193,7 +193,7 @@ def _plot(data: dict, nominal: float, path: Path) -> None:
     ax.set_yticks(y, [q["label"] for q in points], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("PSNR, dB")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper right")  # the points stay well left of nominal
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
