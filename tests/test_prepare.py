@@ -32,7 +32,8 @@ def toy_chest(size: int = 32, fov_mm: float = 320.0) -> np.ndarray:
 def test_write_case_files_and_bones_bright(tmp_path):
     hu, spacing = toy_chest(), (10.0, 10.0, 10.0)
     folder = layout.write_case(tmp_path, "c1", hu, spacing, xray_size=64)
-    assert sorted(p.name for p in folder.iterdir()) == ["c1.nii.gz", "c1_lat_drr.png", "c1_pa_drr.png"]
+    assert sorted(p.name for p in folder.iterdir()) == ["c1.nii.gz", "c1_lat_drr.json", "c1_lat_drr.png",
+                                                        "c1_pa_drr.json", "c1_pa_drr.png"]
     back, sp = load_volume(folder / "c1.nii.gz")
     np.testing.assert_array_equal(back, np.rint(hu))
     assert sp == spacing
