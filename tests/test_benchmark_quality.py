@@ -200,3 +200,14 @@ def test_no_import_cycle_between_the_benchmark_suites_and_the_quality_benchmark(
     assert "xray2ct.quality" in imports("benchmark")
     assert not {m for m in imports("quality") if m.startswith("xray2ct.benchmark")}
     assert not {m for m in imports("timing") if m.startswith("xray2ct.") and m != "xray2ct.timing"}
+
+
+@pytest.mark.slow  # a minute or more: it refines on a 64³ grid too
+def test_the_refine_suite_runs_quick_with_the_bundled_weights(tmp_path):
+    md = tmp_path / "B.md"
+    result = runner.invoke(app, ["benchmark", "--suite", "refine", "--quick", "--out", str(md)])
+    assert result.exit_code == 0, result.output
+    text = _section(md.read_text(), "refine")
+    for heading in ("Calibration", "chosen on validation", "Held-out test", "over steps", "finer grid"):
+        assert heading in text
+    assert (tmp_path / "images" / "calibration-cpu.png").is_file()

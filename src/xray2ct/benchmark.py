@@ -281,6 +281,8 @@ def robustness_suite(device: str = "cpu", checkpoint=None, quick: bool = False, 
 
 SUITES = {"projector": projector_suite, "data": data_suite, "components": components_suite, "model": model_suite,
           "quality": quality_suite, "refine": refine_suite, "robustness": robustness_suite}
+# studies of the model on fresh phantoms (each tens of minutes on a CPU): run by name, not by "all"
+STUDIES = ("refine", "robustness")
 
 
 def run_suite(name: str, device: str = "cpu", quick: bool = False, images_dir: str | os.PathLike | None = None,

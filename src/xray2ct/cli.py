@@ -260,7 +260,7 @@ def info(
 @app.command()
 def benchmark(
     suite: str = typer.Option("all", help="projector | data | components | model | quality | refine | robustness "
-                              "| all"),
+                              "| all (the timing suites and quality; refine and robustness by name only)"),
     checkpoint: Optional[Path] = typer.Option(None, help="refine, robustness: the model; default: bundled weights."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     out: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update (its section per "
@@ -278,9 +278,9 @@ def benchmark(
     runs: Path = typer.Option(Path("runs/quality"), help="quality: folder for the variants' runs (each replaced)."),
 ):
     """Time the suites and write their tables (and figures) into docs/BENCHMARKS.md."""
-    from xray2ct.benchmark import SUITES, run_suite, write_section
+    from xray2ct.benchmark import STUDIES, SUITES, run_suite, write_section
 
-    names = list(SUITES) if suite == "all" else [suite]
+    names = [s for s in SUITES if s not in STUDIES] if suite == "all" else [suite]
     for name in names:
         if name not in SUITES:
             raise typer.BadParameter(f"unknown suite {name!r}; valid: {', '.join(SUITES)}, all", param_hint="--suite")

@@ -1,0 +1,40 @@
+"""Store refinement settings (chosen by `xray2ct benchmark --suite refine`) in the bundled
+weights' config: the safetensors metadata and assets/default/config.json, tensors untouched.
+
+    .venv/bin/python tools/set_bundled_refine.py prior_weight=1e-4 lr=0.3 image_pool=1
+"""
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from xray2ct.config import RefineConfig, config_from_dict, config_to_dict, validate_config
+from xray2ct.engine.reconstruct import default_checkpoint
+from xray2ct.fileio import atomic_path
+
+
+def main(pairs: list[str]) -> None:
+    ckpt = default_checkpoint()
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), "pt") as f:
+        meta = dict(f.metadata())
+    cfg = config_from_dict(json.loads(meta["config"]), source=str(ckpt))
+    fields = {f.name: f.type for f in dataclasses.fields(RefineConfig)}
+    values = {k: (int if fields[k] == "int" else float)(v) for k, v in (p.split("=", 1) for p in pairs)}
+    cfg = dataclasses.replace(cfg, refine=dataclasses.replace(cfg.refine, **values))
+    validate_config(cfg, "refine settings")
+    meta["config"] = json.dumps(config_to_dict(cfg))
+    tensors = load_file(str(ckpt))
+    with atomic_path(ckpt) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    config_json = ckpt.parent / "config.json"
+    with atomic_path(config_json) as tmp:
+        tmp.write_text(json.dumps(config_to_dict(cfg), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"{ckpt.name}: refine = {cfg.refine}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
