@@ -367,7 +367,7 @@ def test_batch_writes_extras_only_when_asked_and_never_over_existing_ones(env, t
     again = R.reconstruct_batch(folder, out2, checkpoint=env["ckpt"], device="cpu", progress=False,
                                 refine=R.NO_REFINE, report=True,
                                 overwrite=True)
-    assert len(again.done) == 2 and (out2 / "a_report.html").read_text() != "precious"
+    assert len(again.done) == 2 and (out2 / "a_report.html").read_text(encoding="utf-8") != "precious"
 
 
 def test_cli_batch_exits_non_zero_when_a_pair_failed(env, tmp_path):
