@@ -6,7 +6,6 @@ weights' config: the safetensors metadata and assets/default/config.json, tensor
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
