@@ -281,13 +281,19 @@ def test_interrupted_dicom_series_leaves_no_folder(env, tmp_path, monkeypatch):
 
 
 # --- batch ---------------------------------------------------------------------------------
-def test_batch_reports_broken_pairs_and_does_the_rest(env, tmp_path):
+def _good_and_bad_pair(env, tmp_path) -> Path:
+    """A batch folder with a good pair and one whose lateral is not an image."""
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(env["pa"], folder / "good_pa.png")
     shutil.copy(env["lat"], folder / "good_lat.png")
     shutil.copy(env["pa"], folder / "bad_pa.png")
     (folder / "bad_lat.png").write_bytes(b"not an image at all")
+    return folder
+
+
+def test_batch_reports_broken_pairs_and_does_the_rest(env, tmp_path):
+    folder = _good_and_bad_pair(env, tmp_path)
     shutil.copy(env["pa"], folder / "lonely_pa_drr.png")
     sub = folder / "case7"  # dataset-style nesting and the _drr naming
     sub.mkdir()
@@ -373,12 +379,7 @@ def test_batch_writes_extras_only_when_asked_and_never_over_existing_ones(env, t
 def test_cli_batch_exits_non_zero_when_a_pair_failed(env, tmp_path):
     from xray2ct.cli import app
 
-    folder = tmp_path / "in"
-    folder.mkdir()
-    shutil.copy(env["pa"], folder / "good_pa.png")
-    shutil.copy(env["lat"], folder / "good_lat.png")
-    shutil.copy(env["pa"], folder / "bad_pa.png")
-    (folder / "bad_lat.png").write_bytes(b"not an image")
+    folder = _good_and_bad_pair(env, tmp_path)
     res = CliRunner().invoke(app, ["reconstruct", "--no-refine", "--batch", str(folder), "--out", str(tmp_path / "o"),
                                    "--checkpoint", str(env["ckpt"]), "--device", "cpu"])
     assert res.exit_code == 1, res.output
