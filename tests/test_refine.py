@@ -169,3 +169,14 @@ def test_evaluate_refine_reports_the_gain(tmp_path):
     assert summary["refinement"]["psnr_gain_db"]["mean"] > 1.0
     header = (tmp_path / "ev" / "per_case.csv").read_text().splitlines()[0]
     assert header.endswith("network_psnr,refine_seconds")
+
+
+def test_refine_size_without_refinement_keeps_the_network_grid(tmp_path):
+    """--no-refine with --refine-size: the network's volume, at its own size (the size is refinement's)."""
+    from xray2ct.data.ctio import load_volume
+    from xray2ct.engine import reconstruct as R
+
+    pa, lat, _ = _example("phantom_0018")
+    out = R.reconstruct(pa, lat, tmp_path / "a.nii.gz", device="cpu", report=tmp_path / "a.html",
+                        refine=R.RefineOptions(enabled=False, size=64))
+    assert load_volume(out)[0].shape == (32, 32, 32) and (tmp_path / "a.html").is_file()

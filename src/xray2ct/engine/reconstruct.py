@@ -345,16 +345,17 @@ def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_st
     with using_geometry(model, geometry):
         volume, log_var = predict(model, xrays, dev)
     result, network = None, None
-    size = refine.size or volume.shape[-1]
-    if geometry is None:
-        geometry = cfg.geometry.build(size, xrays.shape[-1])
-    else:  # the same acquisition on the refinement grid
-        geometry = geometry.scaled((size,) * 3, geometry.det_shape)
     settings = refine.settings(cfg)
     if settings is not None and log_var is None:
         warnings.warn("this model predicts no uncertainty (no log_var output), which refinement weighs its "
                       "prior by; the network's volume is used as it is", stacklevel=2)
-    elif settings is not None:
+        settings = None
+    size = (refine.size if settings is not None else None) or volume.shape[-1]  # the grid of the result
+    if geometry is None:
+        geometry = cfg.geometry.build(size, xrays.shape[-1])
+    else:  # the same acquisition on the result's grid
+        geometry = geometry.scaled((size,) * 3, geometry.det_shape)
+    if settings is not None:
         volume, log_var = upsample(volume, size), upsample(log_var, size)
         network = volume
         result = run_refine(volume.to(dev), log_var.to(dev), xrays.to(dev), geometry, settings,
