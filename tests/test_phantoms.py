@@ -1,5 +1,8 @@
-"""Procedural chest phantom: contract, determinism, anatomy orientation, HU, resolution."""
+"""Procedural chest phantom v1 (pinned: version=1): contract, determinism, anatomy orientation, HU,
+resolution, and byte-identity with the generator before the package split."""
 from functools import lru_cache
+
+import hashlib
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ FOV = 320.0
 
 @lru_cache(maxsize=None)
 def phantom(size: int, seed: int):
-    hu, lab = chest_phantom(size=size, seed=seed, return_labels=True)
+    hu, lab = chest_phantom(size=size, seed=seed, return_labels=True, version=1)
     hu.flags.writeable = lab.flags.writeable = False  # shared between tests
     return hu, lab
 
@@ -38,18 +41,18 @@ def test_shape_dtype_and_range(size):
     corners = hu[np.ix_([0, -1], [0, -1], [0, -1])]
     np.testing.assert_allclose(corners, -1000.0)
     assert set(np.unique(lab)) <= {int(t) for t in Tissue}
-    assert chest_phantom(size=size, seed=0).shape == (size,) * 3  # default: HU only
+    assert chest_phantom(size=size, seed=0, version=1).shape == (size,) * 3  # default: HU only
 
 
 def test_max_bone_at_32_over_seeds():
     for seed in range(6):
-        hu = chest_phantom(size=32, seed=seed)
+        hu = chest_phantom(size=32, seed=seed, version=1)
         assert hu.min() <= -950 and hu.max() >= 300, seed
 
 
 def test_deterministic_and_varied():
-    a, la = chest_phantom(size=32, seed=5, return_labels=True)
-    b, lb = chest_phantom(size=32, seed=5, return_labels=True)
+    a, la = chest_phantom(size=32, seed=5, return_labels=True, version=1)
+    b, lb = chest_phantom(size=32, seed=5, return_labels=True, version=1)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(la, lb)
     widths, diffs = [], []
@@ -146,7 +149,7 @@ def test_resolution_consistency():
             c64 = (centroid(lab64 == tissue) - 31.5) * FOV / 64
             c32 = (centroid(lab32 == tissue) - 15.5) * FOV / 32
             assert np.abs(c64 - c32).max() < FOV / 32, (tissue.name, c64, c32)
-    hu16 = chest_phantom(size=16, seed=0)
+    hu16 = chest_phantom(size=16, seed=0, version=1)
     assert np.corrcoef(block_mean(phantom(32, 0)[0], 2).ravel(), hu16.ravel())[0, 1] > 0.85
 
 
@@ -162,18 +165,40 @@ def test_projection_shows_bright_spine_and_dark_lungs():
 
 def test_fov_changes_spacing_not_anatomy():
     # Half the FOV at half the size: the same 5 mm voxels, the central part of the body.
-    small = chest_phantom(size=32, seed=2, fov_mm=160.0)
+    small = chest_phantom(size=32, seed=2, fov_mm=160.0, version=1)
     full = phantom(64, 2)[0]
     np.testing.assert_allclose(small, full[16:48, 16:48, 16:48], atol=1e-3)
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="size"):
-        chest_phantom(size=2)
+        chest_phantom(size=2, version=1)
     with pytest.raises(ValueError, match="fov_mm"):
-        chest_phantom(size=16, fov_mm=0.0)
+        chest_phantom(size=16, fov_mm=0.0, version=1)
 
 
 def test_phantoms_per_second():
-    rate = phantoms_per_second(size=16, n=2)
+    rate = phantoms_per_second(size=16, n=2, version=1)
     assert np.isfinite(rate) and rate > 0
+
+
+# sha256 prefixes of (hu, labels) from the single-module generator (git bbadf14,
+# src/xray2ct/data/phantoms.py), recorded before the split into a package.
+V1_HASHES = {(16, 0): ("e35cf2b8f49a91e6", "93d0303d9286b63a"), (32, 3): ("8ab9932b8a8f4108", "305e596b602dd262"),
+             (48, 7): ("060e49eb27f4f1bd", "8acf3132f4351e7f"), (64, 1): ("065054817a9e11f5", "421a8c8baa1736eb")}
+
+
+@pytest.mark.parametrize("size,seed", list(V1_HASHES))
+def test_v1_byte_identical_to_pre_split(size, seed):
+    hu, lab = chest_phantom(size=size, seed=seed, return_labels=True, version=1)
+    digest = tuple(hashlib.sha256(a.tobytes()).hexdigest()[:16] for a in (hu, lab))
+    assert digest == V1_HASHES[size, seed]
+
+
+def test_v1_margin_crop():
+    hu, lab = phantom(32, 3)
+    wide, wide_lab = chest_phantom(size=32, seed=3, return_labels=True, version=1, margin=(3, 5, 7))
+    assert wide.shape == (38, 42, 46)
+    np.testing.assert_array_equal(wide_lab[3:35, 5:37, 7:39], lab)
+    # v1's ellipse distance has an epsilon that depends on the painted box: equal to float noise.
+    np.testing.assert_allclose(wide[3:35, 5:37, 7:39], hu, atol=1e-3)

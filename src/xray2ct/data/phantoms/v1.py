@@ -1,12 +1,11 @@
-"""Procedural chest CT phantoms: HU volumes (and tissue labels) with random anatomy.
+"""Chest phantoms v1: one tidy adult torso with random proportions (the generator of the
+bundled weights, kept byte-identical per seed).
 
-Every structure is an analytic shape in patient millimetres, painted in anatomical order
-(body, abdomen, lungs, vessels, heart, bones) onto the voxel grid. A shape is given by an
-approximate signed distance `sd` (mm, negative inside); its share of a voxel is
-`clip(0.5 - sd / voxel_mm, 0, 1)`, a one-voxel partial-volume ramp. Nothing is drawn on the
-voxel grid itself, so one seed gives the same anatomy at any resolution, and tubes thinner
-than a voxel keep their cross-section (they are widened to half a voxel and dimmed by the
-area ratio) instead of vanishing, so ribs still show at 32³.
+Every structure is an analytic shape in patient millimetres (`shapes`), painted in
+anatomical order (body, abdomen, lungs, vessels, heart, bones) onto the `Canvas`. Nothing
+is drawn on the voxel grid itself, so one seed gives the same anatomy at any resolution,
+and tubes thinner than a voxel keep their cross-section (they are widened to half a voxel
+and dimmed by the area ratio) instead of vanishing, so ribs still show at 32³.
 
 Frames (DESIGN.md): volume index (d, h, w) = head→feet, anterior→posterior, patient
 right→left. `patient_mm` coordinates use the same axes, written (z, y, x) in the code:
@@ -17,55 +16,13 @@ about d.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
 
-
-class Tissue(IntEnum):
-    """Label of each voxel in `chest_phantom(..., return_labels=True)`."""
-
-    AIR = 0  # outside the body
-    FAT = 1  # subcutaneous fat
-    MUSCLE = 2  # muscle and other soft tissue
-    LUNG = 3  # lung parenchyma
-    VESSEL = 4  # pulmonary vessels inside the lungs (partial volume: mostly below blood HU)
-    HEART = 5  # myocardium
-    BLOOD = 6  # cardiac chambers, aorta, pulmonary trunk
-    GAS = 7  # air inside the body: trachea, bronchi, stomach bubble
-    LIVER = 8
-    STOMACH = 9  # stomach contents
-    CANCELLOUS = 10  # trabecular bone (vertebral bodies, rib and sternum cores)
-    CORTICAL = 11  # cortical bone
-    DISC = 12  # intervertebral discs
-    CORD = 13  # spinal canal contents
-    CARTILAGE = 14  # costal cartilage
-
-
-# Typical HU of each tissue and the half-width of its uniform per-phantom jitter.
-TISSUE_HU = {
-    Tissue.AIR: (-1000.0, 0.0),
-    Tissue.FAT: (-100.0, 20.0),
-    Tissue.MUSCLE: (40.0, 10.0),
-    Tissue.LUNG: (-850.0, 50.0),
-    Tissue.VESSEL: (45.0, 10.0),
-    Tissue.HEART: (40.0, 8.0),
-    Tissue.BLOOD: (50.0, 10.0),
-    Tissue.GAS: (-995.0, 5.0),
-    Tissue.LIVER: (60.0, 8.0),
-    Tissue.STOMACH: (20.0, 10.0),
-    Tissue.CANCELLOUS: (330.0, 30.0),
-    Tissue.CORTICAL: (1000.0, 150.0),
-    Tissue.DISC: (80.0, 10.0),
-    Tissue.CORD: (30.0, 5.0),
-    Tissue.CARTILAGE: (120.0, 20.0),
-}
-
-# Amplitude (HU) of the smooth within-tissue texture: lungs and bone are the least uniform.
-TEXTURE_HU = {Tissue.FAT: 10, Tissue.MUSCLE: 8, Tissue.LUNG: 25, Tissue.LIVER: 6, Tissue.HEART: 5,
-              Tissue.BLOOD: 4, Tissue.STOMACH: 10, Tissue.CANCELLOUS: 40, Tissue.CORTICAL: 60}
+from .canvas import Canvas
+from .shapes import ellipse_sd, polyline, smoothstep
+from .tissues import TEXTURE_HU, TISSUE_HU, Tissue
 
 N_RIBS = 12  # per side
 VESSEL_ROOTS = 8  # pulmonary vessel trees per lung
@@ -122,155 +79,6 @@ class PhantomParams:
         )
 
 
-# --- grid and painting -----------------------------------------------------------------
-class _Canvas:
-    """The HU and label volumes plus the patient→world placement."""
-
-    def __init__(self, size: int, fov_mm: float, p: PhantomParams):
-        self.vox = fov_mm / size  # mm per voxel, isotropic
-        self.axis = ((np.arange(size) - (size - 1) / 2) * self.vox).astype(np.float32)  # voxel centres, world mm
-        self.hu = np.full((size,) * 3, TISSUE_HU[Tissue.AIR][0], np.float32)
-        self.lab = np.zeros((size,) * 3, np.uint8)
-        a = math.radians(p.rotation_deg)
-        self.cos, self.sin = math.cos(a), math.sin(a)
-        self.shift = p.shift_mm
-
-    def _index_range(self, lo_mm: float, hi_mm: float) -> slice:
-        n = len(self.axis)
-        i0 = max(0, math.floor((lo_mm - self.axis[0]) / self.vox))
-        i1 = min(n, math.ceil((hi_mm - self.axis[0]) / self.vox) + 1)
-        return slice(i0, max(i0, i1))
-
-    def region(self, lo=(-1e9,) * 3, hi=(1e9,) * 3):
-        """Voxels of a patient-frame box (z, y, x mm) -> (slices, z (n,1,1), y (1,m,k), x (1,m,k))
-        in patient mm, or None when the box misses the volume."""
-        sz, sy, sx = self.shift
-        c, s = self.cos, self.sin
-        # world = R(patient) + shift; R rotates (y, x) about d.
-        ys = [c * y - s * x for y in (lo[1], hi[1]) for x in (lo[2], hi[2])]
-        xs = [s * y + c * x for y in (lo[1], hi[1]) for x in (lo[2], hi[2])]
-        pad = self.vox
-        sl = (self._index_range(lo[0] + sz - pad, hi[0] + sz + pad),
-              self._index_range(min(ys) + sy - pad, max(ys) + sy + pad),
-              self._index_range(min(xs) + sx - pad, max(xs) + sx + pad))
-        if any(q.stop <= q.start for q in sl):
-            return None
-        z = self.axis[sl[0]][:, None, None] - sz
-        yw = self.axis[sl[1]][None, :, None] - sy
-        xw = self.axis[sl[2]][None, None, :] - sx
-        return sl, z, c * yw + s * xw, -s * yw + c * xw
-
-    def occupancy(self, sd):
-        """Signed distance (mm) -> share of each voxel inside the shape."""
-        return np.clip(0.5 - sd / self.vox, 0.0, 1.0)
-
-    def paint(self, sl, occ, tissue: Tissue, value):
-        """Blend `value` (HU, scalar or broadcastable) into the voxels by their occupancy."""
-        hu = self.hu[sl]
-        hu += occ * (value - hu)
-        lab = self.lab[sl]
-        lab[np.broadcast_to(occ, lab.shape) > 0.5] = tissue
-
-    def paint_sd(self, box, sd_fn, tissue: Tissue, value):
-        """Paint the shape sd_fn(z, y, x) -> sd inside the patient box (lo, hi)."""
-        reg = self.region(*box)
-        if reg is None:
-            return
-        sl, z, y, x = reg
-        self.paint(sl, self.occupancy(sd_fn(z, y, x)), tissue, value)
-
-    def tubes(self, segments, shells=(0.0,), chunk: int = 64):
-        """Occupancy of capsules (a, b, radius_a, radius_b) united by max, once per radius
-        offset in `shells` (a tube and its thinner core share one distance computation).
-        Returns (slices of the touched box, [occupancy over that box per shell]).
-
-        Segments are rendered in batches: each gets a voxel patch around its bounding box,
-        padded to the largest patch of its batch, so hundreds of vessels cost a few numpy calls."""
-        n = len(self.axis)
-        bufs = [np.zeros(n**3, np.float32) for _ in shells]
-        if not segments:
-            return (slice(0, 0),) * 3, [buf.reshape((n,) * 3)[:0, :0, :0] for buf in bufs]
-        a = np.array([seg[0] for seg in segments], np.float64)  # (S, 3) patient mm
-        b = np.array([seg[1] for seg in segments], np.float64)
-        ra = np.array([seg[2] for seg in segments])[:, None]  # (S, 1)
-        rb = np.array([seg[3] for seg in segments])[:, None]
-        pad = np.maximum(np.maximum(ra, rb), 0.5 * self.vox) + self.vox
-        lo, hi = np.minimum(a, b) - pad, np.maximum(a, b) + pad
-        # Patient box -> world box: rotate the four (y, x) corners about d, then shift.
-        c, s_ = self.cos, self.sin
-        corners = [(y, x) for y in (lo[:, 1], hi[:, 1]) for x in (lo[:, 2], hi[:, 2])]
-        wy = np.stack([c * y - s_ * x for y, x in corners])
-        wx = np.stack([s_ * y + c * x for y, x in corners])
-        wlo = np.stack([lo[:, 0], wy.min(0), wx.min(0)], 1) + self.shift
-        whi = np.stack([hi[:, 0], wy.max(0), wx.max(0)], 1) + self.shift
-        i0 = np.clip(np.floor((wlo - self.axis[0]) / self.vox), 0, n).astype(int)
-        i1 = np.clip(np.ceil((whi - self.axis[0]) / self.vox) + 1, 0, n).astype(int)
-        ext = i1 - i0
-        keep = np.flatnonzero((ext > 0).all(1))
-        keep = keep[np.argsort(ext[keep].prod(1), kind="stable")]  # similar sizes share a batch
-        ab = b - a
-        ab2 = np.maximum((ab**2).sum(1), 1e-9)
-        for k in range(0, len(keep), chunk):
-            sel = keep[k:k + chunk]
-            size = ext[sel].max(0)
-            idx = [i0[sel, d][:, None] + np.arange(size[d]) for d in range(3)]  # (C, P_d) voxel indices
-            inside = [q < n for q in idx]
-            idx = [np.minimum(q, n - 1) for q in idx]
-            zw = self.axis[idx[0]] - self.shift[0]
-            yw = self.axis[idx[1]][:, :, None] - self.shift[1]
-            xw = self.axis[idx[2]][:, None, :] - self.shift[2]
-            dz = (zw - a[sel, 0:1])[:, :, None, None]  # (C, Pz, 1, 1)
-            dy = (c * yw + s_ * xw - a[sel, 1, None, None])[:, None]  # (C, 1, Py, Px)
-            dx = (-s_ * yw + c * xw - a[sel, 2, None, None])[:, None]
-            e = ab[sel][:, :, None, None, None]  # (C, 3, 1, 1, 1)
-            t = np.clip((dz * e[:, 0] + dy * e[:, 1] + dx * e[:, 2]) / ab2[sel, None, None, None], 0.0, 1.0)
-            dist = np.sqrt((dz - t * e[:, 0]) ** 2 + (dy - t * e[:, 1]) ** 2 + (dx - t * e[:, 2]) ** 2)
-            valid = inside[0][:, :, None, None] & inside[1][:, None, :, None] & inside[2][:, None, None, :]
-            flat = (idx[0][:, :, None, None] * n + idx[1][:, None, :, None]) * n + idx[2][:, None, None, :]
-            r_a, r_b = ra[sel, :, None, None], rb[sel, :, None, None]
-            for shell, buf in zip(shells, bufs):
-                r = r_a - shell + t * (r_b - r_a)
-                # Sub-voxel tubes: widen to half a voxel and dim by the area ratio, which keeps
-                # their projected mass (what a DRR sees) independent of resolution.
-                r_eff = np.maximum(r, 0.5 * self.vox)
-                occ = (np.maximum(r, 0.0) / r_eff) ** 2 * np.clip(0.5 - (dist - r_eff) / self.vox, 0.0, 1.0)
-                np.maximum.at(buf, flat[valid], occ[valid].astype(np.float32))
-        box = tuple(slice(int(i0[keep, d].min(initial=n)), int(i1[keep, d].max(initial=0))) for d in range(3))
-        return box, [buf.reshape((n,) * 3)[box] for buf in bufs]
-
-    def paint_tubes(self, segments, layers, mask=None):
-        """Paint tubes; layers: (tissue, HU, radius offset) painted in order (shell, then core)."""
-        box, occs = self.tubes(segments, [shell for _, _, shell in layers])
-        for (tissue, value, _), occ in zip(layers, occs):
-            if mask is not None:
-                occ *= mask[box]
-            self.paint(box, occ, tissue, value)
-
-
-def _ellipse_sd(offsets, axes):
-    """Approximate signed distance (mm) to an axis-aligned ellipse/ellipsoid:
-    (r - 1) / |grad r| with r the normalized radius, exact on the surface."""
-    u2, g2 = 0.0, 0.0
-    for o, ax in zip(offsets, axes):
-        q = o / ax
-        u2 = u2 + q * q
-        g2 = g2 + (q / ax) ** 2
-    # r / |grad r| = sqrt(u2 / g2) lies between the smallest and largest semi-axis; the
-    # epsilons make it the smallest at the centre, where it is 0/0.
-    amin = min(float(np.min(ax)) for ax in axes)
-    return (np.sqrt(u2) - 1.0) * np.sqrt((u2 + 1e-6) / (g2 + 1e-6 / amin**2))
-
-
-def _polyline(points, radii):
-    pts = [np.asarray(q, np.float64) for q in points]
-    return [(pts[i], pts[i + 1], radii[i], radii[i + 1]) for i in range(len(pts) - 1)]
-
-
-def _smoothstep(t):
-    t = np.clip(t, 0.0, 1.0)
-    return t * t * (3 - 2 * t)
-
-
 # --- anatomy helpers (patient mm) ------------------------------------------------------
 class _Body:
     """Shape functions shared by several organs, derived from the parameters."""
@@ -286,7 +94,7 @@ class _Body:
 
     def outline(self, z):
         """Body ellipse at height z: centre y, semi-axes (y, x), fat thickness; arrays like z."""
-        t = _smoothstep((self.p.shoulder_z - z) / 45.0)  # 0 in the chest, 1 in the neck
+        t = smoothstep((self.p.shoulder_z - z) / 45.0)  # 0 in the chest, 1 in the neck
         cy = 15.0 * t
         ah = self.ah + (52.0 - self.ah) * t
         aw = self.aw + (58.0 - self.aw) * t
@@ -319,37 +127,37 @@ class _Body:
 
 
 # --- painters, in painting order --------------------------------------------------------
-def _paint_body(cv: _Canvas, b: _Body, hu):
+def _paint_body(cv: Canvas, b: _Body, hu):
     sl, z, y, x = cv.region()
     # The outline only changes with z in the neck taper: compute each distinct slice once.
     rows = np.stack(np.broadcast_arrays(*b.outline(z[:, 0, 0])), -1)  # (n, 4): cy, ah, aw, fat
     uniq, inv = np.unique(rows, axis=0, return_inverse=True)
     cy, ah, aw, fat = (v[:, None, None] for v in uniq.T.astype(np.float32))
-    skin = cv.occupancy(_ellipse_sd((y - cy, x), (ah, aw)))[inv.ravel()]
-    fascia = cv.occupancy(_ellipse_sd((y - cy, x), (ah - fat, aw - fat)))[inv.ravel()]
+    skin = cv.occupancy(ellipse_sd((y - cy, x), (ah, aw)))[inv.ravel()]
+    fascia = cv.occupancy(ellipse_sd((y - cy, x), (ah - fat, aw - fat)))[inv.ravel()]
     cv.paint(sl, skin, Tissue.FAT, hu[Tissue.FAT])
     cv.paint(sl, fascia, Tissue.MUSCLE, hu[Tissue.MUSCLE])
 
 
-def _paint_abdomen(cv: _Canvas, b: _Body, hu):
+def _paint_abdomen(cv: Canvas, b: _Body, hu):
     big = 400.0
 
     def below_diaphragm(z, y, x, margin=0.0):
         cy, ah, aw, fat = b.outline(z)
-        wall = _ellipse_sd((y - cy, x), (ah - fat - 8.0, aw - fat - 8.0))
+        wall = ellipse_sd((y - cy, x), (ah - fat - 8.0, aw - fat - 8.0))
         return np.maximum(-b.diaphragm_sd(z, y, x) + margin, wall)
 
     liver_c = (b.dome_r + 65.0, 5.0, -40.0)
     liver_ax = (110.0, b.ah, 105.0)
     cv.paint_sd(((b.dome_r - 10, -big, -big), (big, big, 80.0)),
-                lambda z, y, x: np.maximum(_ellipse_sd((z - liver_c[0], y - liver_c[1], x - liver_c[2]), liver_ax),
+                lambda z, y, x: np.maximum(ellipse_sd((z - liver_c[0], y - liver_c[1], x - liver_c[2]), liver_ax),
                                            below_diaphragm(z, y, x)),
                 Tissue.LIVER, hu[Tissue.LIVER])
     c = (b.dome_l + 45.0, -0.3 * b.ah, 60.0)
     ax = (50.0, 38.0, 42.0)
 
     def stomach(z, y, x, shrink=0.0):
-        e = _ellipse_sd((z - c[0], y - c[1], x - c[2]), tuple(a - shrink for a in ax))
+        e = ellipse_sd((z - c[0], y - c[1], x - c[2]), tuple(a - shrink for a in ax))
         return np.maximum(e, below_diaphragm(z, y, x, margin=4.0))
 
     box = ((c[0] - ax[0], c[1] - ax[1], c[2] - ax[2]), (c[0] + ax[0], c[1] + ax[1], c[2] + ax[2]))
@@ -359,24 +167,24 @@ def _paint_abdomen(cv: _Canvas, b: _Body, hu):
     cv.paint_sd(box, lambda z, y, x: np.maximum(stomach(z, y, x, shrink=4.0), y - y_gas), Tissue.GAS, hu[Tissue.GAS])
 
 
-def _paint_lungs(cv: _Canvas, b: _Body, hu):
+def _paint_lungs(cv: Canvas, b: _Body, hu):
     """Both lungs; returns their occupancy (full grid), used to keep vessels inside."""
     apex_z = b.p.shoulder_z - 15.0
     sl, z, y, x = cv.region((apex_z - 10, -300, -300), (300, 300, 300))
     cy, ch, cw = b.cavity(z)
-    cavity = _ellipse_sd((y - cy, x), (ch, cw))
+    cavity = ellipse_sd((y - cy, x), (ch, cw))
     shared = np.maximum(cavity, b.diaphragm_sd(z, y, x))
     # Nothing behind the vertebral bodies: paraspinal muscles fill a wedge widening backward.
     ys = b.spine_y(z)
     spine_wedge = np.maximum(np.abs(x) - 22.0 - 0.6 * np.maximum(y - ys, 0.0), ys - 5.0 - y)
     shared = np.maximum(shared, -spine_wedge)
     # Upper mediastinum (trachea, great vessels) is wider than the space in front of the heart.
-    med = b.p.mediastinum_mm + 12.0 * _smoothstep((b.carina_z + 15.0 - z) / 40.0)
+    med = b.p.mediastinum_mm + 12.0 * smoothstep((b.carina_z + 15.0 - z) / 40.0)
     value = hu[Tissue.LUNG] + b.p.lung_gradient_hu * (y / b.ah)
     occ = np.zeros(np.broadcast_shapes(z.shape, y.shape), np.float32)
     for side in (-1.0, 1.0):
         # An ellipsoid whose top is the apex; below, the cavity and diaphragm bound the lung.
-        dome = _ellipse_sd((z - (apex_z + 220.0), y - cy, x - side * 50.0), (220.0, ch + 10.0, 85.0))
+        dome = ellipse_sd((z - (apex_z + 220.0), y - cy, x - side * 50.0), (220.0, ch + 10.0, 85.0))
         sd = np.maximum(np.maximum(shared, dome), med - side * x)
         np.maximum(occ, cv.occupancy(sd), out=occ)
     cv.paint(sl, occ, Tissue.LUNG, value)
@@ -410,19 +218,19 @@ def _vessel_segments(rng: np.random.Generator, b: _Body):
     return segs
 
 
-def _paint_airways(cv: _Canvas, b: _Body, hu):
+def _paint_airways(cv: Canvas, b: _Body, hu):
     car = np.array([b.carina_z, b.spine_y(b.carina_z) - 32.0, 0.0])
     top = np.array([-400.0, b.spine_y(-150.0) - 30.0, 0.0])
-    segs = _polyline([top, car], [9.0, 8.5])
+    segs = polyline([top, car], [9.0, 8.5])
     for side in (-1.0, 1.0):
         hil = _hilum(b, side) + np.array([0.0, 12.0, 0.0])  # bronchi run behind the arteries
-        segs += _polyline([car, hil], [6.5, 5.5])
+        segs += polyline([car, hil], [6.5, 5.5])
         for dz in (-35.0, 35.0):  # upper and lower lobe bronchi
-            segs += _polyline([hil, hil + np.array([dz, 5.0, side * 25.0])], [4.5, 3.0])
+            segs += polyline([hil, hil + np.array([dz, 5.0, side * 25.0])], [4.5, 3.0])
     cv.paint_tubes(segs, [(Tissue.GAS, hu[Tissue.GAS], 0.0)])
 
 
-def _paint_heart_and_vessels(cv: _Canvas, b: _Body, hu):
+def _paint_heart_and_vessels(cv: Canvas, b: _Body, hu):
     p = b.p
     yc = -0.25 * b.ah + p.heart_offset[0]
     xc = 28.0 + p.heart_offset[1]
@@ -439,7 +247,7 @@ def _paint_heart_and_vessels(cv: _Canvas, b: _Body, hu):
     def heart(z, y, x, shrink=0.0):
         dz, dy, dx = z - zc, y - yc, x - xc
         local = [f[0] * dz + f[1] * dy + f[2] * dx for f in frame]
-        return np.maximum(_ellipse_sd(local, tuple(axes - shrink)), b.diaphragm_sd(z, y, x) - 6.0)
+        return np.maximum(ellipse_sd(local, tuple(axes - shrink)), b.diaphragm_sd(z, y, x) - 6.0)
 
     r = float(axes.max())
     box = ((zc - r, yc - r, xc - r), (zc + r, yc + r, xc + r))
@@ -449,9 +257,9 @@ def _paint_heart_and_vessels(cv: _Canvas, b: _Body, hu):
     top = np.array([zc - 0.8 * axes[1], yc, xc - 15.0])
     # Pulmonary trunk: from the right ventricle's outflow up and back to both hila.
     bif = np.array([b.carina_z + 10.0, yc + 5.0, 8.0])
-    segs = _polyline([top + [0.0, -10.0, 12.0], bif], [12.0, 11.0])
+    segs = polyline([top + [0.0, -10.0, 12.0], bif], [12.0, 11.0])
     for side in (-1.0, 1.0):
-        segs += _polyline([bif, _hilum(b, side)], [9.0, 6.0])
+        segs += polyline([bif, _hilum(b, side)], [9.0, 6.0])
     # Aorta: ascending on the right, arch over the left bronchus, descending left of the spine.
     z_arch = b.carina_z - 20.0
     asc = np.array([z_arch + 15.0, yc - 5.0, -5.0])
@@ -462,11 +270,11 @@ def _paint_heart_and_vessels(cv: _Canvas, b: _Body, hu):
     down = [np.array([z, desc_y(z), 24.0 - 14.0 * (z - desc[0]) / (400.0 - desc[0])])
             for z in np.linspace(desc[0] + 40.0, 400.0, 5)]
     aorta = [top + [0.0, 5.0, -5.0], asc] + arch + down
-    segs += _polyline(aorta, [14.0, 14.0] + [12.5] * 7 + [11.0] * 5)
+    segs += polyline(aorta, [14.0, 14.0] + [12.5] * 7 + [11.0] * 5)
     cv.paint_tubes(segs, [(Tissue.BLOOD, hu[Tissue.BLOOD], 0.0)])
 
 
-def _paint_spine(cv: _Canvas, b: _Body, hu):
+def _paint_spine(cv: Canvas, b: _Body, hu):
     """Vertebrae (body with cortical rim, disc below, arch, processes) and the canal."""
     p = b.p
     pitch, disc = p.vertebra_pitch, 0.22 * p.vertebra_pitch
@@ -482,7 +290,7 @@ def _paint_spine(cv: _Canvas, b: _Body, hu):
         box = ((zi - pitch, ys - rx, -rx - 5), (zi + pitch, yc + canal_r + 8, rx + 5))
 
         def body(z, y, x, shrink=0.0, zi=zi, ys=ys, ry=ry, rx=rx):
-            return np.maximum(_ellipse_sd((y - ys, x), (ry - shrink, rx - shrink)), np.abs(z - zi) - hh + shrink)
+            return np.maximum(ellipse_sd((y - ys, x), (ry - shrink, rx - shrink)), np.abs(z - zi) - hh + shrink)
 
         def ring(z, y, x, yc=yc, zi=zi):
             rho = np.sqrt((y - yc) ** 2 + x**2)
@@ -496,9 +304,9 @@ def _paint_spine(cv: _Canvas, b: _Body, hu):
         cv.paint_sd(box, lambda z, y, x, yc=yc, zi=zi: np.maximum(np.sqrt((y - yc) ** 2 + x**2) - canal_r,
                                                                    np.abs(z - zi) - pitch / 2),
                     Tissue.CORD, hu[Tissue.CORD])
-        processes += _polyline([[zi, yc + canal_r + 4.0, 0.0], [zi + 0.6 * pitch, yc + 28.0, 0.0]], [4.5, 3.5])  # spinous
+        processes += polyline([[zi, yc + canal_r + 4.0, 0.0], [zi + 0.6 * pitch, yc + 28.0, 0.0]], [4.5, 3.5])  # spinous
         for side in (-1.0, 1.0):  # transverse processes
-            processes += _polyline([[zi, yc, side * (canal_r + 4.0)], [zi - 2.0, yc + 6.0, side * 30.0]], [4.5, 3.5])
+            processes += polyline([[zi, yc, side * (canal_r + 4.0)], [zi - 2.0, yc + 6.0, side * 30.0]], [4.5, 3.5])
     cv.paint_tubes(processes, [(Tissue.CORTICAL, 0.85 * hu[Tissue.CORTICAL], 0.0)])
 
 
@@ -527,7 +335,7 @@ def _sternum_y(b: _Body, z):
     return cy - ah + fat + 9.0
 
 
-def _paint_chest_wall(cv: _Canvas, b: _Body, hu):
+def _paint_chest_wall(cv: Canvas, b: _Body, hu):
     """Ribs with costal cartilage, sternum, clavicles and scapulae."""
     p = b.p
     top, bottom = b.sternum_top, b.sternum_top + 165.0
@@ -535,24 +343,24 @@ def _paint_chest_wall(cv: _Canvas, b: _Body, hu):
     for side in (-1.0, 1.0):
         for k in range(N_RIBS):
             pts = _rib_path(b, k, side)
-            bones += _polyline(pts, [5.0] * len(pts))
+            bones += polyline(pts, [5.0] * len(pts))
             if k < 7:  # true ribs reach the sternum through cartilage
                 z_att = top + 15.0 + k * (bottom - top - 30.0) / 6
                 end = np.array([z_att, float(_sternum_y(b, z_att)), side * 13.0])
                 mid = 0.5 * (pts[-1] + end) + np.array([0.0, -4.0, side * 8.0])
-                cartilage += _polyline([pts[-1], mid, end], [4.5, 4.5, 4.0])
+                cartilage += polyline([pts[-1], mid, end], [4.5, 4.5, 4.0])
         # Clavicle: from the manubrium out, back and slightly up to the shoulder.
         cy, ah, aw, fat = (float(v) for v in b.outline(top))
         ys = float(_sternum_y(b, top))
         clav = [[top + 4, ys + 2, side * 20], [top - 3, ys + 4, side * 55], [top - 10, ys + 22, side * 90],
                 [top - 14, cy + 5, side * (aw - fat - 8)]]
-        bones += _polyline(clav, [6.5] * 4)
+        bones += polyline(clav, [6.5] * 4)
     cv.paint_tubes(cartilage, [(Tissue.CARTILAGE, hu[Tissue.CARTILAGE], 0.0)])
     cv.paint_tubes(bones, [(Tissue.CORTICAL, hu[Tissue.CORTICAL], 0.0), (Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS], 2.3)])
 
     def sternum(z, y, x, shrink=0.0):
-        half_w = 14.0 + 10.0 * _smoothstep((top + 50.0 - z) / 30.0)  # manubrium is wider
-        sd = _ellipse_sd((y - _sternum_y(b, z), x), (6.5 - shrink, half_w - shrink))
+        half_w = 14.0 + 10.0 * smoothstep((top + 50.0 - z) / 30.0)  # manubrium is wider
+        sd = ellipse_sd((y - _sternum_y(b, z), x), (6.5 - shrink, half_w - shrink))
         return np.maximum(sd, np.maximum(top - z, z - bottom) + shrink)
 
     box = ((top, -300, -30), (bottom, 0, 30))
@@ -564,7 +372,7 @@ def _paint_chest_wall(cv: _Canvas, b: _Body, hu):
 
     def scapula(z, y, x, side):
         cy, ch, cw = b.cavity(z)
-        shell = np.abs(_ellipse_sd((y - cy, x), (ch + 15.0, cw + 15.0))) - 3.5
+        shell = np.abs(ellipse_sd((y - cy, x), (ch + 15.0, cw + 15.0))) - 3.5
         f = np.clip((z - s_top) / (s_bot - s_top), 0.0, 1.0)
         lateral = (cw + 5.0) * (1 - f) + 55.0 * f
         inside = np.maximum(np.maximum(40.0 - side * x, side * x - lateral), np.maximum(s_top - z, z - s_bot))
@@ -575,42 +383,14 @@ def _paint_chest_wall(cv: _Canvas, b: _Body, hu):
         cv.paint_sd(box, lambda z, y, x, s=side: scapula(z, y, x, s), Tissue.CORTICAL, 0.8 * hu[Tissue.CORTICAL])
 
 
-def _texture(cv: _Canvas, rng: np.random.Generator, n_waves: int = 5):
-    """Smooth random field in patient mm (~unit std), resolution independent."""
-    _, z, y, x = cv.region()
-    field = np.zeros(cv.hu.shape, np.float32)
-    for _ in range(n_waves):
-        k = rng.normal(size=3)
-        k *= 2 * math.pi / (np.linalg.norm(k) * rng.uniform(15.0, 60.0))  # wavelength 15–60 mm
-        # cos(kz z + (ky y + kx x + phase)) = cos·cos − sin·sin: two products, no 3-D cos.
-        inplane = k[1] * y + k[2] * x + rng.uniform(0, 2 * math.pi)
-        field += np.cos(k[0] * z) * np.cos(inplane) - np.sin(k[0] * z) * np.sin(inplane)
-    return field * math.sqrt(2.0 / n_waves)
-
-
-# --- public API --------------------------------------------------------------------------
-def chest_phantom(size: int = 64, seed: int = 0, fov_mm: float = 320.0, return_labels: bool = False):
-    """A random chest CT phantom in HU.
-
-    Args:
-        size: voxels per side of the cube.
-        seed: anatomy seed; the same seed gives the same anatomy at every size.
-        fov_mm: side of the cube, mm (voxel spacing fov_mm / size, origin at the centre).
-        return_labels: also return the `Tissue` label of each voxel.
-
-    Returns:
-        hu: (size, size, size) float32, axes (d, h, w) = head→feet, anterior→posterior,
-            patient right→left; and labels (same shape, uint8) when return_labels.
-    """
-    if int(size) != size or size < 4:
-        raise ValueError(f"size must be an integer >= 4, got {size!r}")
-    if not fov_mm > 0:
-        raise ValueError(f"fov_mm must be positive, got {fov_mm!r}")
+# --- the phantom --------------------------------------------------------------------------
+def chest_phantom_v1(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
+    """(hu, labels), each (size + 2 md, size + 2 mh, size + 2 mw): see `chest_phantom`."""
     rng = np.random.default_rng(seed)
     p = PhantomParams.draw(rng)
     b = _Body(p)
     vessels = _vessel_segments(rng, b)
-    cv = _Canvas(int(size), float(fov_mm), p)
+    cv = Canvas(size, fov_mm, p.rotation_deg, p.shift_mm, margin)
     hu = p.hu
     _paint_body(cv, b, hu)
     _paint_abdomen(cv, b, hu)
@@ -623,15 +403,6 @@ def chest_phantom(size: int = 64, seed: int = 0, fov_mm: float = 320.0, return_l
     amp = np.zeros(len(Tissue), np.float32)
     for t, a in TEXTURE_HU.items():
         amp[t] = a
-    cv.hu += amp[cv.lab] * _texture(cv, rng)
+    cv.hu += amp[cv.lab] * cv.texture(rng)
     np.clip(cv.hu, -1024.0, 3071.0, out=cv.hu)
-    return (cv.hu, cv.lab) if return_labels else cv.hu
-
-
-def phantoms_per_second(size: int = 64, n: int = 5) -> float:
-    """Phantoms generated per second at `size`³ on this machine (one warm-up call first)."""
-    chest_phantom(size=size, seed=0)
-    t0 = time.perf_counter()
-    for i in range(n):
-        chest_phantom(size=size, seed=i + 1)
-    return n / (time.perf_counter() - t0)
+    return cv.hu, cv.lab
