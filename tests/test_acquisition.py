@@ -273,3 +273,33 @@ def test_cli_passes_the_acquisition_flags(monkeypatch):
                                  "--sid", "1800", "--sod", "1650", "--pixel-mm", "0.2", "--lat-sid", "1500"])
     assert r.exit_code == 0, r.output
     assert seen["acquisition"] == AcquisitionFlags(sid=1800.0, sod=1650.0, pixel_mm=0.2, lat_sid=1500.0, ap=True)
+
+
+def test_one_view_study_reconstructs_with_that_view_only(tmp_path, monkeypatch):
+    """--pa alone (or --lat alone): the missing view is zeros for the network, refinement and the
+    reprojection use the given film only, and the record says which mode it was."""
+    import nibabel as nib
+
+    from xray2ct.engine import reconstruct as R
+
+    pa, lat = _case(tmp_path)
+    model, cfg, dev = R.load_for_inference(None, "cpu")
+    seen, original = [], R.run_refine
+    monkeypatch.setattr(R, "run_refine", lambda mu, lv, x, g, *a, **k: seen.append((x.shape, g.views))
+                        or original(mu, lv, x, g, *a, **k))
+    for given, mode, view in (((pa, None), "frontal only", "pa"), ((None, lat), "lateral only", "lat")):
+        study = R.load_study_for(model, cfg, *given)
+        assert study.mode == mode and study.present == (given[0] is not None, given[1] is not None)
+        missing = 1 if given[1] is None else 0
+        assert study.xrays.shape == (1, 2, 128, 128) and study.xrays[0, missing].abs().max() == 0
+        assert study.details()["views"] == mode and mode.split()[0] not in ("", None)
+        seen.clear()
+        rec = R.reconstruct_pair(model, cfg, dev, study.xrays, refine=R.RefineOptions(steps=2),
+                                 geometry=study.geometry, present=study.present)
+        assert seen == [((1, 1, 128, 128), (view,))]
+        assert rec.reprojected.shape == (1, 1, 128, 128) and rec.views == (("PA",) if view == "pa" else ("lateral",))
+        assert np.isfinite(rec.hu).all()
+    out = R.reconstruct(pa, None, tmp_path / "pa_only.nii.gz", device="cpu", refine=R.RefineOptions(steps=2))
+    assert "only" in nib.load(out).header["descrip"].item().decode()
+    with pytest.raises(AcquisitionError, match="no X-ray given"):
+        R.load_study_for(model, cfg, None, None)

@@ -142,3 +142,23 @@ def test_missing_or_corrupt_checkpoint(setup, tmp_path):
     bad.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(CheckpointError, match="bad.safetensors"):
         evaluate(bad, data, device="cpu", progress=False)
+
+
+def test_one_view_evaluation_withholds_the_other_view(setup, tmp_path, monkeypatch):
+    """--views pa: the model sees zeros for the lateral (as `reconstruct --pa` alone), refinement
+    compares with the PA only, and the summary says which mode was scored."""
+    from xray2ct.engine.reconstruct import ReconstructionError
+
+    ckpt, data = setup
+    import xray2ct.engine.reconstruct as R
+
+    seen = []
+    real_predict = R.predict
+    monkeypatch.setattr(R, "predict", lambda m, x, d: seen.append(x.clone()) or real_predict(m, x, d))
+    res = evaluate(ckpt, data, split=None, out=tmp_path / "pa", device="cpu", batch_size=2, montages=0,
+                   progress=False, views="pa", refine=True)
+    assert res.summary["views"] == "pa" and res.summary["n_cases"] == 4
+    assert all(x[:, 1].abs().max() == 0 and x[:, 0].abs().max() > 0 for x in seen)
+    assert all(math.isfinite(r["psnr"]) and math.isfinite(r["network_psnr"]) for r in res.per_case)
+    with pytest.raises(ReconstructionError, match="--views"):
+        evaluate(ckpt, data, split=None, out=tmp_path / "bad", device="cpu", views="side", progress=False)

@@ -276,8 +276,11 @@ def study_geometry(nominal: Geometry, setups: dict[str, ViewSetup]) -> Geometry:
 
 
 def descrip(acquisitions) -> str:
-    """The short form for a NIfTI header's 80-character description."""
+    """The short form for a NIfTI header's 80-character description (a missing view is None)."""
     frontal, lateral = acquisitions
+    if frontal is None or lateral is None:
+        one = frontal or lateral
+        return f"xray2ct {one.short()} only"[:80]
     same = (frontal.source_det_mm, frontal.source_iso_mm, frontal.pixel_mm) == (
         lateral.source_det_mm, lateral.source_iso_mm, lateral.pixel_mm)
     if same:
@@ -287,18 +290,35 @@ def descrip(acquisitions) -> str:
     return text[:80]
 
 
+MODES = {(True, True): "biplanar", (True, False): "frontal only", (False, True): "lateral only"}
+
+
 @dataclass
 class Study:
-    """A PA/AP + lateral pair as the model takes it, with how each view was acquired."""
+    """A frontal (PA/AP) and lateral pair, or one of them, as the model takes it, with how
+    each view was acquired. A missing view is an all-zero image, as the model saw a dropped
+    view in training (`data.view_dropout`), and its acquisition is None."""
 
-    xrays: "torch.Tensor"  # (1, 2, S, S) frontal then lateral, [0, 1]
+    xrays: "torch.Tensor"  # (1, 2, S, S) frontal then lateral, [0, 1]; zeros for a missing view
     geometry: Geometry  # the model's volume and detector with the study's views and setups
-    acquisitions: tuple  # (frontal, lateral) Acquisition
+    acquisitions: tuple  # (frontal, lateral) Acquisition or None
+
+    @property
+    def present(self) -> tuple[bool, bool]:
+        """(frontal given, lateral given)."""
+        return tuple(a is not None for a in self.acquisitions)
+
+    @property
+    def mode(self) -> str:
+        """"biplanar", "frontal only" or "lateral only"."""
+        return MODES[self.present]
 
     def details(self) -> dict:
-        """Report lines: one per view, values and their sources."""
+        """Report lines: the mode, then one per view, values and their sources."""
         names = ("frontal", "lateral")
-        return {f"acquisition ({n})": a.describe() for n, a in zip(names, self.acquisitions)}
+        lines = {"views": self.mode}
+        lines.update({f"acquisition ({n})": a.describe() for n, a in zip(names, self.acquisitions) if a is not None})
+        return lines
 
     def descrip(self) -> str:
         return descrip(self.acquisitions)
@@ -332,21 +352,34 @@ def load_view(path, role: str, size: int, flags: AcquisitionFlags, nominal: Geom
 
 
 def load_study(pa, lat, size: int, nominal: Geometry, flags: AcquisitionFlags = AcquisitionFlags()) -> Study:
-    """Frontal (PA or AP) and lateral files -> Study; `nominal`: the model's geometry
-    (`cfg.geometry.build(volume_size, size)`). Warns when the views look swapped."""
+    """Frontal (PA or AP) and lateral files -> Study; either may be None (one view only, not
+    both). `nominal`: the model's geometry (`cfg.geometry.build(volume_size, size)`).
+    Warns when the views look swapped."""
     import warnings
 
     import torch
 
     from xray2ct.data.viewcheck import check_views
 
-    pa, lat = Path(pa), Path(lat)
-    if pa.exists() and lat.exists() and pa.resolve() == lat.resolve():
+    if pa is None and lat is None:
+        raise AcquisitionError("no X-ray given: pass a frontal (--pa) film, a lateral (--lat) one, or both")
+    pa, lat = (None if f is None else Path(f) for f in (pa, lat))
+    if pa is not None and lat is not None and pa.exists() and lat.exists() and pa.resolve() == lat.resolve():
         warnings.warn(f"{pa} is given as both the PA and the lateral X-ray", stacklevel=3)
-    front, acq_f, setup_f = load_view(pa, "frontal", size, flags, nominal)
-    side, acq_l, setup_l = load_view(lat, "lateral", size, flags, nominal)
-    swapped = check_views(front, side, pa_name=f"--pa {pa}", lat_name=f"--lat {lat}")
-    if swapped:
-        warnings.warn(swapped, stacklevel=3)
-    geometry = study_geometry(nominal, {acq_f.view: setup_f, acq_l.view: setup_l})
-    return Study(torch.stack([front, side])[None], geometry, (acq_f, acq_l))
+    images, acquisitions, setups = [], [], {}
+    for path, role, nominal_view in ((pa, "frontal", nominal.views[0]), (lat, "lateral", nominal.views[1])):
+        if path is None:  # the view the model was trained to do without: zeros, at its nominal setup
+            images.append(torch.zeros(size, size))
+            acquisitions.append(None)
+            setups[nominal_view] = nominal.setup(nominal_view)
+            continue
+        image, acq, setup = load_view(path, role, size, flags, nominal)
+        images.append(image)
+        acquisitions.append(acq)
+        setups[acq.view] = setup
+    if pa is not None and lat is not None:
+        swapped = check_views(images[0], images[1], pa_name=f"--pa {pa}", lat_name=f"--lat {lat}")
+        if swapped:
+            warnings.warn(swapped, stacklevel=3)
+    geometry = study_geometry(nominal, setups)
+    return Study(torch.stack(images)[None], geometry, tuple(acquisitions))

@@ -141,6 +141,8 @@ def evaluate(
                                 "montages and the first case's volume and bone surface."),
     refine: bool = typer.Option(False, help="Score the physics-refined volumes (as `reconstruct --refine` makes "
                                 "them); also reports the gain over the network alone."),
+    views: str = typer.Option("both", help="both | pa | lat: score one-view reconstruction (the other view "
+                              "withheld, as `reconstruct --pa` alone)."),
 ):
     """Metrics per case (ours and the X2CT-GAN protocol, projection consistency), summary with 95% CIs, montages."""
     from xray2ct.engine.evaluate import METRICS
@@ -148,7 +150,7 @@ def evaluate(
 
     result = run_evaluation(checkpoint, data, split=None if split == "all" else split, out=out, device=device,
                             batch_size=batch_size, montages=montages, progress=True, report=report,
-                            refine=refine)
+                            refine=refine, views=views)
     t = Table("metric", "protocol", "mean", "std", "95% CI", "n", title=f"{result.summary['split']} split, "
               f"{result.summary['n_cases']} case(s)")
     for name, s in result.summary["metrics"].items():
@@ -167,8 +169,8 @@ def evaluate(
 
 @app.command()
 def reconstruct(
-    pa: Optional[Path] = typer.Option(None, help="PA radiograph (PNG, JPEG, TIFF, DICOM, NPY)."),
-    lat: Optional[Path] = typer.Option(None, help="Lateral radiograph."),
+    pa: Optional[Path] = typer.Option(None, help="PA (or, with --ap, AP) radiograph (PNG, JPEG, TIFF, DICOM, NPY)."),
+    lat: Optional[Path] = typer.Option(None, help="Lateral radiograph. Either view alone also works (less certain)."),
     out: Path = typer.Option(..., help="Output volume (.nii.gz/.nii, .npy, or a folder for --format dicom); "
                              "with --batch, an output folder."),
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint or run folder; default: bundled weights."),
@@ -203,7 +205,7 @@ def reconstruct(
     ap: bool = typer.Option(False, "--ap", help="The frontal film is AP (source anterior), not PA (else DICOM "
                             "ViewPosition or the sidecar's position)."),
 ):
-    """Reconstruct a CT volume (HU) from a PA and a lateral X-ray.
+    """Reconstruct a CT volume (HU) from a PA and a lateral X-ray, or from one of them.
 
     The acquisition geometry of each view comes from the flags, else the DICOM header, else a
     {stem}.json sidecar, else the model's training geometry (logged as assumed)."""
@@ -230,9 +232,8 @@ def reconstruct(
             console.print(t)
             raise typer.Exit(1)  # the others are written, but a script must see that some pairs were not
         return
-    missing = [name for name, value in (("--pa", pa), ("--lat", lat)) if value is None]
-    if missing:
-        raise typer.BadParameter(f"{' and '.join(missing)} required (or --batch DIR)", param_hint=missing[0])
+    if pa is None and lat is None:
+        raise typer.BadParameter("give --pa, --lat or both (or --batch DIR)", param_hint="--pa")
     path = R.reconstruct(pa, lat, out, checkpoint=checkpoint, uncertainty=uncertainty, preview=preview, device=device,
                          upscale=upscale, fmt=format_, overwrite=overwrite, report=report, refine=refinement,
                          acquisition=acquisition)

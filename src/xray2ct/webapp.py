@@ -43,7 +43,8 @@ KEEP_RESULTS = 20  # result folders kept on disk; older ones are deleted
 METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "3D SSIM", "mae": "MAE (HU)"}
 THUMBNAIL_PX = 256
 SWAP_ADVICE = "Upload the frontal film as the PA and the side view as the lateral"
-WELCOME = "Upload a PA and a lateral X-ray, or pick a bundled example, then press <b>Reconstruct</b>."
+WELCOME = ("Upload a PA and a lateral X-ray (or only one of them), or pick a bundled example, then press "
+           "<b>Reconstruct</b>.")
 VIEWER_PLACEHOLDER = ('<div class="viewer-placeholder" style="padding:2em;color:#666;border:1px dashed #bbb;'
                       'border-radius:6px">The slices and the bone surface appear here after a reconstruction.</div>')
 
@@ -75,12 +76,17 @@ class Result:
     warnings: list[str] = field(default_factory=list)  # e.g. the views look swapped
     refinement: object = None  # xray2ct.refine.RefineResult, or None when not refined
     projections: str = ""  # the report's physics check (inputs against the result's DRRs), HTML
+    mode: str = "biplanar"  # or "frontal only" / "lateral only": which views the reconstruction used
+
+
+def _given(upload) -> bool:
+    """Gradio gives a path string, or None / "" when the view was not uploaded."""
+    return upload is not None and upload != ""
 
 
 def _uploaded_path(upload, view: str) -> Path:
-    """Gradio gives a path string (or None when the view was not uploaded)."""
-    if upload is None or upload == "":
-        raise AppInputError(f"The {view} X-ray is missing: upload both a PA and a lateral image.")
+    if not _given(upload):
+        raise AppInputError(f"The {view} X-ray is missing: upload a PA image, a lateral one, or both.")
     path = Path(getattr(upload, "name", upload))
     if not path.is_file():
         raise AppInputError(f"The {view} upload ({path.name}) could not be read; please upload it again.")
@@ -150,12 +156,12 @@ class Reconstructor:
         started = time.perf_counter()
         progress(0.1, "reading the X-rays")
         (pa, pa_img), (lat, lat_img) = self._load_both(pa, lat)
-        warnings = self._check_pair(pa, pa_img, lat, lat_img)
+        warnings = self._check_pair(pa, pa_img, lat, lat_img) if pa and lat else []
         study = self._study(pa, lat)
-        xrays = study.xrays  # (1, 2, S, S), PA first
+        xrays = study.xrays  # (1, 2, S, S), PA first; zeros for a view not uploaded
         progress(0.3, "reconstructing and refining against the X-rays" if refine else "reconstructing")
         rec = reconstruct_pair(self.model, self.cfg, self.device, xrays, refine=RefineOptions() if refine else NO_REFINE,
-                               geometry=study.geometry)
+                               geometry=study.geometry, present=study.present)
         projections = rec.projection_html()
         hu, std, spacing = rec.hu, rec.std_hu, rec.spacing
         out = self._new_folder()
@@ -170,14 +176,14 @@ class Reconstructor:
             files["surface"] = out / "bone_surface.obj"
         metrics = self._metrics(pa, lat, rec.volume)
         progress(0.9, "report")
-        files["report"] = save_report(out / "report.html", hu, std, spacing, xrays, mesh=mesh,
-                                      title=f"{pa.name} + {lat.name}", metrics=metrics or None,
+        files["report"] = save_report(out / "report.html", hu, std, spacing, rec.input_images(), mesh=mesh,
+                                      title=" + ".join(f.name for f in (pa, lat) if f), metrics=metrics or None,
                                       projections=projections, details=study.details())
         return Result(hu, std, spacing, files, time.perf_counter() - started, metrics, note, mesh, warnings,
-                      rec.refinement, projections)
+                      rec.refinement, projections, study.mode)
 
-    def _study(self, pa: Path, lat: Path):
-        """Both films with their acquisitions (DICOM tags, sidecars, else the training geometry)."""
+    def _study(self, pa: Path | None, lat: Path | None):
+        """The films with their acquisitions (DICOM tags, sidecars, else the training geometry)."""
         import warnings as py_warnings
 
         from xray2ct.engine.reconstruct import load_study_for
@@ -190,9 +196,15 @@ class Reconstructor:
             raise AppInputError(f"The X-rays could not be used: {e}") from None
 
     def _load_both(self, pa, lat):
-        """Both views, or one AppInputError listing every bad one (the user fixes both at once)."""
+        """((path, image) or (None, None)) per view, or one AppInputError listing every bad one (the
+        user fixes both at once). One view may be missing, not both."""
+        if not _given(pa) and not _given(lat):
+            raise AppInputError("No X-ray uploaded: upload a PA image, a lateral one, or both.")
         loaded, problems = [], []
         for upload, view in ((pa, "PA"), (lat, "lateral")):
+            if not _given(upload):
+                loaded.append((None, None))
+                continue
             try:
                 loaded.append(load_view(upload, view, self.cfg.model.xray_img_size))
             except AppInputError as e:
@@ -224,6 +236,8 @@ class Reconstructor:
         """Against the ground truth when the pair is a bundled example's, labelled for display."""
         from xray2ct.engine.demo import ground_truth_metrics
 
+        if pa is None or lat is None:  # the examples' truth belongs to their pairs
+            return {}
         ex = self._truth.get((_digest(pa), _digest(lat)))
         metrics = ground_truth_metrics(volume, ex.ct) if ex is not None else {}
         return {METRIC_LABELS[k]: v for k, v in metrics.items()}
@@ -249,6 +263,11 @@ def _box(style: str, heading: str, lines: list[str], role: str = "status") -> st
 def summary_lines(result: Result) -> list[str]:
     d = result.hu.shape
     lines = [f"Done in {result.seconds:.1f} s: {d[0]}×{d[1]}×{d[2]} voxels of {result.spacing[0]:.1f} mm, HU."]
+    if result.mode != "biplanar":
+        lines.append(f"Views used: {result.mode}. With one film the depth along its rays comes mostly from the "
+                     "model's anatomy prior; the uncertainty map is larger, and a second view would help.")
+    else:
+        lines.append("Views used: PA and lateral (biplanar).")
     r = result.refinement
     lines.append("Not refined: the network's volume as it is." if r is None else
                  f"Refined against the X-rays in {r.steps} steps ({r.seconds:.1f} s): mean squared difference "
@@ -308,8 +327,8 @@ def build_app(reconstructor: Reconstructor):
 
     suffixes = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".npy"]
     with gr.Blocks(title="xray2ct", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
-        gr.Markdown("# xray2ct\nTwo plain X-rays (PA and lateral) in, a 3D CT volume out. "
-                    "Research use only; not for diagnosis.")
+        gr.Markdown("# xray2ct\nTwo plain X-rays (PA and lateral) in, a 3D CT volume out; one of them alone "
+                    "also works, less certainly. Research use only; not for diagnosis.")
         uploads, thumbs = {}, {}
         with gr.Row():
             for view, elem in (("PA", "pa"), ("lateral", "lat")):

@@ -46,7 +46,7 @@ METRICS = {
     "x2ct_mae": ("X2CT-GAN", "HU", False, "X2CT-GAN protocol MAE on the truncated HU+1024 integers"),
     "x2ct_mse": ("X2CT-GAN", "HU^2", False, "X2CT-GAN protocol MSE on the truncated HU+1024 integers"),
     "proj_xray_mad": ("projection", "image [0,1]", False,
-                      "mean |normalized DRR of prediction - input X-ray| over both views"),
+                      "mean |normalized DRR of prediction - input X-ray| over the views given"),
     "proj_rel_l1": ("projection", "", False,
                     "L1 of prediction vs ground-truth line integrals / ground-truth mean (N^2 detector)"),
 }
@@ -60,6 +60,7 @@ class EvalResult:
     montages: list[Path] = field(default_factory=list)
 
 REPORT_MONTAGES = 6  # montages embedded in the HTML report (each ~100 KB)
+VIEW_MODES = {"both": (0, 1), "pa": (0,), "lat": (1,)}  # --views: indices of the X-rays given to the model
 
 
 def summarize(values, confidence: float = 0.95) -> dict:
@@ -88,10 +89,11 @@ def prediction_drr(pred: torch.Tensor, cfg, det_size: int) -> torch.Tensor:
 
 
 def projection_errors(pred: torch.Tensor, target: torch.Tensor, xrays: torch.Tensor, cfg,
-                      drr: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                      drr: torch.Tensor | None = None, given=(0, 1)) -> dict[str, torch.Tensor]:
     """pred, target (B, 1, N, N, N) normalized; xrays (B, 2, S, S) the model's inputs -> per-case (B,) errors.
 
     drr: `prediction_drr(pred, cfg, S)` when the caller has it already.
+    given: indices of the views the model was given (a missing view's zeros are not compared).
     """
     from xray2ct.losses import projection_consistency_loss
 
@@ -99,7 +101,8 @@ def projection_errors(pred: torch.Tensor, target: torch.Tensor, xrays: torch.Ten
     drr = prediction_drr(pred, cfg, xrays.shape[-1]) if drr is None else drr
     geom_nn = cfg.geometry.build(n, n)
     rel = [projection_consistency_loss(pred[i : i + 1], target[i : i + 1], geom_nn, mu_water) for i in range(len(pred))]
-    return {"proj_xray_mad": (drr - xrays.float()).abs().flatten(1).mean(1), "proj_rel_l1": torch.stack(rel)}
+    mad = (drr - xrays.float())[:, list(given)].abs().flatten(1).mean(1)
+    return {"proj_xray_mad": mad, "proj_rel_l1": torch.stack(rel)}
 
 
 def save_eval_montage(path, case_id: str, xrays: np.ndarray, drr: np.ndarray, gt_hu: np.ndarray,
@@ -150,8 +153,9 @@ def _write_report(path: Path, result: EvalResult, hu: np.ndarray, spacing) -> Pa
                              title=f"xray2ct evaluation ({result.summary['split'] or 'all'} split; viewer: {first})")
 
 
-def _refine_batch(pred, log_var, xrays, target, cfg, dev):
-    """Refine each case of a batch on its own (early stopping per case); -> (volumes, per-case extras)."""
+def _refine_batch(pred, log_var, xrays, target, cfg, dev, given=(0, 1)):
+    """Refine each case of a batch on its own (early stopping per case) against the given views;
+    -> (volumes, per-case extras)."""
     from xray2ct.engine.reconstruct import ReconstructionError
     from xray2ct.metrics import psnr
     from xray2ct.refine import refine
@@ -159,6 +163,8 @@ def _refine_batch(pred, log_var, xrays, target, cfg, dev):
     if log_var is None:
         raise ReconstructionError("this model predicts no uncertainty (no log_var output); refinement needs it")
     geometry = cfg.geometry.build(pred.shape[-1], xrays.shape[-1])
+    geometry = geometry.with_views([geometry.views[v] for v in given])
+    xrays = xrays[:, list(given)]
     volumes, extras = [], []
     for i in range(pred.shape[0]):
         r = refine(pred[i:i + 1].to(dev), log_var[i:i + 1].to(dev), xrays[i:i + 1].to(dev), geometry, cfg.refine,
@@ -170,7 +176,7 @@ def _refine_batch(pred, log_var, xrays, target, cfg, dev):
 
 def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device: str = "auto", batch_size: int = 2,
              montages: int | None = None, progress: bool = True, report: bool = False,
-             refine: bool = False) -> EvalResult:
+             refine: bool = False, views: str = "both") -> EvalResult:
     """Evaluate a checkpoint on a dataset split; write per_case.csv, summary.json and montages.
 
     Args:
@@ -184,6 +190,8 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
         refine: score the physics-refined volume (`xray2ct.refine`, the model's `refine` settings);
             per_case.csv then also has the network's own PSNR (`network_psnr`) and the seconds
             refinement took, and summary.json a `refinement` entry with the mean gain.
+        views: "both", or "pa" / "lat" to score one-view reconstruction: the other view is
+            replaced by zeros, as `reconstruct --pa` alone does.
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -196,6 +204,11 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if views not in VIEW_MODES:
+        from xray2ct.engine.reconstruct import ReconstructionError
+
+        raise ReconstructionError(f"--views must be one of {', '.join(VIEW_MODES)}, got {views!r}")
+    given = VIEW_MODES[views]
     dev = select_device(device)
     model, cfg, ckpt = load_model(checkpoint, device=dev)
     ds = BiplanarDataset(data_dir, split=split, xray_size=cfg.model.xray_img_size, volume_size=cfg.model.volume_size)
@@ -206,13 +219,15 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
     first_hu = None  # the first case's prediction, for the report's viewer
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
         xrays = torch.cat([batch["pa"], batch["lat"]], dim=1)  # (B, 2, S, S), as in training
+        for v in {0, 1} - set(given):
+            xrays[:, v] = 0  # a view not given, as the model saw a dropped one in training
         target = batch["ct"].float()
         pred, log_var = predict(model, xrays, dev)
         extra = [{} for _ in batch["id"]]
         if refine:
-            pred, extra = _refine_batch(pred, log_var, xrays, target, cfg, dev)
+            pred, extra = _refine_batch(pred, log_var, xrays, target, cfg, dev, given)
         drr = prediction_drr(pred, cfg, xrays.shape[-1])
-        values = {**all_metrics(pred, target), **projection_errors(pred, target, xrays, cfg, drr)}
+        values = {**all_metrics(pred, target), **projection_errors(pred, target, xrays, cfg, drr, given)}
         if first_hu is None:
             first_hu = unit_to_hu(pred[0, 0]).numpy()
         for i, case_id in enumerate(batch["id"]):
@@ -223,7 +238,7 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
                     out / "montages" / f"{case_id}.png", case_id, xrays[i].numpy(), drr[i].numpy(),
                     unit_to_hu(target[i, 0]).numpy(), unit_to_hu(pred[i, 0]).numpy(), std))
     result.summary = {
-        "checkpoint": str(ckpt.path), "step": ckpt.step, "data": str(Path(data_dir)), "split": split,
+        "checkpoint": str(ckpt.path), "step": ckpt.step, "data": str(Path(data_dir)), "split": split, "views": views,
         "n_cases": len(result.per_case), "volume_size": cfg.model.volume_size, "xray_size": cfg.model.xray_img_size,
         "metrics": {
             name: {**summarize([r[name] for r in result.per_case]), "protocol": protocol, "unit": unit,

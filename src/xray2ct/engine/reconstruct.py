@@ -41,6 +41,7 @@ XRAY_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".n
 DEFAULT_WEIGHTS = "assets/default"  # inside the installed package; shipped by a later release
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 DICOM_DESCRIPTION = "xray2ct biplanar reconstruction (research use only)"  # LO: <= 64 chars
+VIEW_NAMES = ("PA", "lateral")  # the model's two inputs, in order (the frontal may be an AP film)
 
 
 class ReconstructionError(UserError, ValueError):
@@ -266,15 +267,20 @@ def save_preview(path: Path, hu: np.ndarray, std_hu: np.ndarray | None = None, t
     return path
 
 
-def save_report(path: Path, hu: np.ndarray, std_hu: np.ndarray | None, spacing, xrays: torch.Tensor,
+def save_report(path: Path, hu: np.ndarray, std_hu: np.ndarray | None, spacing, xrays,
                 mesh=None, title: str | None = None, metrics: dict | None = None,
                 projections: str | None = None, details: dict | None = None) -> Path:
     """Self-contained HTML report: inputs, interactive slices, uncertainty, bone surface (mesh: a
-    `xray2ct.surface.Mesh` or None), and the physics check (`projection_html`)."""
+    `xray2ct.surface.Mesh` or None), and the physics check (`projection_html`).
+
+    xrays: the inputs, {view name: (S, S) image} (`Reconstruction.input_images`), or a
+    (1, 2, S, S) tensor of both views."""
     from xray2ct.report import reconstruction_report
 
+    if isinstance(xrays, torch.Tensor):
+        xrays = dict(zip(VIEW_NAMES, xrays[0].numpy()))
     with _writing(path):
-        return reconstruction_report(path, hu, spacing, {"PA": xrays[0, 0].numpy(), "lateral": xrays[0, 1].numpy()},
+        return reconstruction_report(path, hu, spacing, xrays,
                                      std_hu=std_hu, metrics=metrics, mesh=mesh, projections=projections,
                                      title=f"xray2ct reconstruction: {title}" if title else "xray2ct reconstruction",
                                      details={"volume": f"{'×'.join(map(str, hu.shape))} voxels, "
@@ -295,15 +301,24 @@ class Reconstruction:
     reprojected: torch.Tensor | None = None  # (1, 2, S, S) the result's DRRs on the inputs' intensities
     reprojected_network: torch.Tensor | None = None  # ... and the network's, when refinement changed it
     network: torch.Tensor | None = None  # (1, 1, n, n, n) the network's own volume, when refinement changed it
+    present: tuple = (True, True)  # (frontal, lateral) given; reprojected holds only the given views
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """Display names of the views given, in the model's order."""
+        return tuple(n for n, p in zip(VIEW_NAMES, self.present) if p)
+
+    def input_images(self) -> dict:
+        """{view name: (S, S) input image} for the views given."""
+        return {n: self.xrays[0, v].numpy() for v, (n, p) in enumerate(zip(VIEW_NAMES, self.present)) if p}
 
     def projection_html(self) -> str:
         """The report's physics check: inputs beside the DRRs of the result (and of the network)."""
         from xray2ct.report import projection_section
 
-        names = ("PA", "lateral")
-        images = lambda t: {n: t[0, v].numpy() for v, n in enumerate(names)}  # noqa: E731
+        images = lambda t: dict(zip(self.views, t[0].numpy()))  # noqa: E731
         r = self.refinement
-        return projection_section(images(self.xrays), images(self.reprojected),
+        return projection_section(self.input_images(), images(self.reprojected),
                                   None if self.reprojected_network is None else images(self.reprojected_network),
                                   None if r is None else (r.data_before, r.data_after))
 
@@ -331,8 +346,11 @@ MAX_REFINE_SIZE = 256  # refinement grid side: 256³ is ~1 min per step on a CPU
 
 
 def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_std: bool = True,
-                     refine: RefineOptions = NO_REFINE, geometry=None) -> Reconstruction:
+                     refine: RefineOptions = NO_REFINE, geometry=None, present=(True, True)) -> Reconstruction:
     """xrays (1, 2, S, S) -> the volume in HU and its uncertainty, resampled to `upscale` (D, H, W).
+
+    present: (frontal, lateral) given; a missing view is an all-zero image for the network
+    (as in training with view dropout), and refinement and the reprojection use only the given ones.
 
     geometry: the study's acquisition (`xray2ct.acquisition.Study.geometry`: the model's
     volume and S² detector with the study's views and distances); the network lifts with it
@@ -355,17 +373,26 @@ def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_st
         geometry = cfg.geometry.build(size, xrays.shape[-1])
     else:  # the same acquisition on the result's grid
         geometry = geometry.scaled((size,) * 3, geometry.det_shape)
+    given = [v for v, p in enumerate(present) if p]
+    if not given:
+        raise ReconstructionError("no view given: a reconstruction needs a frontal or a lateral X-ray")
+    if len(given) < len(present):  # compare with the given films only: a missing view's zeros are not data
+        geometry = geometry.with_views([geometry.views[v] for v in given],
+                                       {geometry.views[v]: geometry.setup(geometry.views[v]) for v in given})
+        xrays_given = xrays[:, given]
+    else:
+        xrays_given = xrays
     if settings is not None:
         volume, log_var = upsample(volume, size), upsample(log_var, size)
         network = volume
-        result = run_refine(volume.to(dev), log_var.to(dev), xrays.to(dev), geometry, settings,
+        result = run_refine(volume.to(dev), log_var.to(dev), xrays_given.to(dev), geometry, settings,
                             mu_water=cfg.geometry.mu_water)
         volume = result.volume.cpu()
         log.info("refined in %d steps (%.1f s): image error %.5f -> %.5f", result.steps, result.seconds,
                  result.data_before, result.data_after)
     with torch.no_grad():
         reprojected, reprojected_network = (
-            None if v is None else reproject(v, xrays, geometry, cfg.refine.fog_order, cfg.geometry.mu_water)
+            None if v is None else reproject(v, xrays_given, geometry, cfg.refine.fog_order, cfg.geometry.mu_water)
             for v in (volume, network))
     volume = _upscale(volume, upscale)
     hu = unit_to_hu(volume)[0, 0].numpy()
@@ -373,7 +400,7 @@ def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_st
     if with_std and log_var is not None:  # skipped when unused: at an upscaled size it is a large resample
         std = uncertainty_hu(_upscale(log_var, upscale))[0, 0].numpy() * cfg.refine.sigma_scale
     return Reconstruction(volume, hu, std, tuple(cfg.geometry.fov_mm / n for n in hu.shape), xrays, result,
-                          reprojected, reprojected_network, network)
+                          reprojected, reprojected_network, network, tuple(bool(p) for p in present))
 
 
 def _upscale(vol: torch.Tensor, upscale) -> torch.Tensor:
@@ -473,7 +500,8 @@ class _Job:
             xrays = study.xrays
         rec = reconstruct_pair(model, cfg, dev, xrays, self.upscale,
                                with_std=bool(self.uncertainty or self.preview or self.report), refine=self.refine,
-                               geometry=None if study is None else study.geometry)
+                               geometry=None if study is None else study.geometry,
+                               present=(True, True) if study is None else study.present)
         hu, std, spacing = rec.hu, rec.std_hu, rec.spacing
         description = None if study is None else study.descrip()
         if self.uncertainty is not None and std is None:
@@ -486,7 +514,7 @@ class _Job:
         if self.report is not None:
             from xray2ct.surface import try_bone_surface
 
-            save_report(self.report, hu, std, spacing, xrays, mesh=try_bone_surface(hu, spacing)[0], title=title,
+            save_report(self.report, hu, std, spacing, rec.input_images(), mesh=try_bone_surface(hu, spacing)[0], title=title,
                         projections=rec.projection_html(), details=None if study is None else study.details())
         return save_volume(self.out, hu, spacing, self.fmt, description=description)
 
@@ -494,10 +522,13 @@ class _Job:
 def reconstruct(pa, lat, out, checkpoint=None, uncertainty=None, preview=None, device: str = "auto",
                 upscale: tuple[int, int, int] | None = None, fmt: str = "nifti", overwrite: bool = False,
                 report=None, refine: RefineOptions = RefineOptions(), acquisition=None) -> Path:
-    """Reconstruct one CT from a PA and a lateral radiograph; returns the written volume's path.
+    """Reconstruct one CT from a PA and a lateral radiograph, or from one of them; returns the
+    written volume's path.
 
     Args:
-        pa, lat: radiograph files (PNG 8/16-bit, JPEG, TIFF, DICOM incl. MONOCHROME1, .npy).
+        pa, lat: radiograph files (PNG 8/16-bit, JPEG, TIFF, DICOM incl. MONOCHROME1, .npy);
+            either may be None for a one-view reconstruction (the model was trained to do
+            without a view; its uncertainty is larger then).
         out: output volume: .nii.gz/.nii (fmt "nifti"), .npy ("npy") or a folder ("dicom").
         checkpoint: .safetensors file or run folder; None: the bundled default weights.
         uncertainty: optional path (.nii.gz/.nii/.npy) for the predicted std in HU.
@@ -516,7 +547,10 @@ def reconstruct(pa, lat, out, checkpoint=None, uncertainty=None, preview=None, d
     job = _Job.check(out, fmt, uncertainty, preview, upscale, overwrite, report, refine)
     model, cfg, dev = load_for_inference(checkpoint, device)
     study = load_study_for(model, cfg, pa, lat, acquisition)
-    path = job.run(model, cfg, dev, None, title=f"{Path(pa).name} + {Path(lat).name}", study=study)
+    if study.mode != "biplanar":
+        log.info("one view only (%s): the volume rests more on the model's anatomy prior", study.mode)
+    title = " + ".join(Path(f).name for f in (pa, lat) if f is not None)
+    path = job.run(model, cfg, dev, None, title=title, study=study)
     log.debug("wrote %s", path)
     return path
 
