@@ -25,7 +25,7 @@ def recon(tmp_path_factory):
 def test_bundled_example_gives_files_metrics_and_views(recon):
     import nibabel as nib
 
-    ex = next(e for e in bundled_examples() if e.ct is not None)
+    ex = next(e for e in bundled_examples(pairs_only=True) if e.ct is not None)
     steps = []
     result = recon(str(ex.pa), str(ex.lat), progress=lambda f, desc: steps.append(f))
     assert steps == sorted(steps) and 0 < steps[0] and steps[-1] < 1
@@ -42,7 +42,7 @@ def test_bundled_example_gives_files_metrics_and_views(recon):
 
 def test_metrics_only_when_both_files_are_the_same_examples(recon):
     """The PA of one bundled example with the lateral of another is not that example: no metrics."""
-    a, b = [e for e in bundled_examples() if e.ct is not None][:2]
+    a, b = [e for e in bundled_examples(pairs_only=True) if e.ct is not None][:2]
     assert recon(str(a.pa), str(b.lat)).metrics == {}
     assert recon(str(b.pa), str(a.lat)).metrics == {}
     assert recon(str(b.pa), str(b.lat)).metrics  # the pair itself still is
@@ -51,14 +51,14 @@ def test_metrics_only_when_both_files_are_the_same_examples(recon):
 def test_unknown_upload_has_no_metrics(recon, tmp_path):
     import shutil
 
-    ex = bundled_examples()[0]
+    ex = bundled_examples(pairs_only=True)[0]
     pa = tmp_path / "mine_pa.png"
     shutil.copy(ex.lat, pa)  # not a bundled PA: no ground truth to compare with
     assert recon(str(pa), str(ex.lat)).metrics == {}
 
 
 def test_bad_inputs_are_readable_errors(recon, tmp_path, monkeypatch):
-    ex = bundled_examples()[0]
+    ex = bundled_examples(pairs_only=True)[0]
     with pytest.raises(AppInputError, match="No X-ray uploaded"):
         recon(None, "")
     text = tmp_path / "notes_pa.png"
@@ -92,7 +92,7 @@ def test_two_bad_uploads_are_both_reported(recon, tmp_path):
 
 
 def test_one_upload_reconstructs_and_says_which_mode(recon):
-    ex = next(e for e in bundled_examples() if e.ct is not None)
+    ex = next(e for e in bundled_examples(pairs_only=True) if e.ct is not None)
     for pa, lat, mode, shown in ((str(ex.pa), None, "frontal only", ["PA"]), (None, str(ex.lat), "lateral only", ["lateral"])):
         result = recon(pa, lat, refine=True)
         assert result.mode == mode and f"Views used: {mode}" in message_html(result)
@@ -107,7 +107,7 @@ def test_one_upload_reconstructs_and_says_which_mode(recon):
 
 
 def test_a_failed_request_clears_the_result_and_the_message_stays_in_the_page(recon, tmp_path):
-    ex = bundled_examples()[0]
+    ex = bundled_examples(pairs_only=True)[0]
     status, viewer, physics, downloads = respond(recon, str(ex.pa), str(ex.lat))
     assert "Done in" in status and "<iframe" in viewer and len(downloads) == 4 and "Physics check" in physics
     junk = tmp_path / "junk_lat.png"
@@ -121,7 +121,7 @@ def test_a_failed_request_clears_the_result_and_the_message_stays_in_the_page(re
 def test_refinement_toggle_shows_the_projection_error_before_and_after(recon):
     import re
 
-    ex = bundled_examples()[0]
+    ex = bundled_examples(pairs_only=True)[0]
     status, _, physics, _ = respond(recon, str(ex.pa), str(ex.lat), refine=True)
     before, after = (float(v) for v in re.search(r"DRRs ([0-9.]+e[+-][0-9]+) → ([0-9.]+e[+-][0-9]+)", status).groups())
     assert after < 0.5 * before
@@ -131,14 +131,14 @@ def test_refinement_toggle_shows_the_projection_error_before_and_after(recon):
 
 
 def test_unexpected_failure_is_a_message_not_a_crash(recon, monkeypatch):
-    ex = bundled_examples()[0]
+    ex = bundled_examples(pairs_only=True)[0]
     monkeypatch.setattr("xray2ct.engine.reconstruct.reconstruct_pair", lambda *a, **k: 1 / 0)
     status, viewer, _, downloads = respond(recon, str(ex.pa), str(ex.lat))
     assert "ZeroDivisionError" in status and "server's log" in status and downloads is None
 
 
 def test_swapped_views_and_the_same_file_twice_warn_in_the_page(recon, tmp_path):
-    ex = bundled_examples()[0]
+    ex = bundled_examples(pairs_only=True)[0]
     status, viewer, _, _ = respond(recon, str(ex.lat), str(ex.pa))
     assert "swapped" in status and "Upload the frontal film as the PA" in status and "--pa" not in status
     assert "<iframe" in viewer  # a warning, not a refusal: the user may know better
@@ -149,7 +149,7 @@ def test_swapped_views_and_the_same_file_twice_warn_in_the_page(recon, tmp_path)
 
 
 def test_thumbnails_show_what_the_model_reads_with_the_sides_written(tmp_path):
-    ex = bundled_examples()[0]
+    ex = bundled_examples(pairs_only=True)[0]
     pa = thumbnail(str(ex.pa), "PA")
     assert pa.shape == (256, 256, 3) and pa.dtype == np.uint8
     yellow = (pa[..., 0] > 200) & (pa[..., 1] > 150) & (pa[..., 2] < 120)  # the side letters

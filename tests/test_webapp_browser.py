@@ -112,7 +112,7 @@ def _assert_shaded(png: bytes, background=(17, 17, 17)) -> None:
 def test_upload_reconstruct_view_and_download(server, page, tmp_path):
     from playwright.sync_api import expect
 
-    ex = next(e for e in bundled_examples() if e.ct is not None)
+    ex = next(e for e in bundled_examples(pairs_only=True) if e.ct is not None)
     page.goto(server)
     _upload(page, ex.pa, ex.lat)
     for elem in ("#pa-thumb", "#lat-thumb"):  # what the model will read, before reconstructing

@@ -145,7 +145,8 @@ class Reconstructor:
         self.examples = bundled_examples()
         # a bundled example's ground truth applies only to its own pair: both files must match,
         # by content (uploads are renamed), or the metrics would compare against another patient
-        self._truth = {(_digest(ex.pa), _digest(ex.lat)): ex for ex in self.examples if ex.ct is not None}
+        self._truth = {(_digest(ex.pa), _digest(ex.lat)): ex for ex in self.examples
+                       if ex.ct is not None and ex.lat is not None}
         self._count = 0
 
     def __call__(self, pa, lat, progress: Callable[[float, str], None] = lambda f, desc: None,
@@ -339,7 +340,8 @@ def build_app(reconstructor: Reconstructor):
                                             height=THUMBNAIL_PX, elem_id=f"{elem}-thumb", buttons=["fullscreen"])
         pa, lat = uploads["PA"], uploads["lateral"]
         if reconstructor.examples:
-            gr.Examples([[str(ex.pa), str(ex.lat)] for ex in reconstructor.examples], inputs=[pa, lat],
+            gr.Examples([[str(ex.pa), None if ex.lat is None else str(ex.lat)] for ex in reconstructor.examples],
+                        inputs=[pa, lat],
                         example_labels=[ex.id for ex in reconstructor.examples], label="Bundled examples")
         refine = gr.Checkbox(True, label="Refine against the X-rays (physics-consistent; the network's uncertainty "
                              "says how far each voxel may move)", elem_id="refine")

@@ -1,7 +1,10 @@
 """`xray2ct demo`: the main job on what ships with the package, no download.
 
-Default: the bundled weights reconstruct the bundled example X-ray pairs; each volume is
-written as NIfTI (HU) with a three-plane preview, and compared with its ground truth.
+Default: the bundled weights reconstruct the bundled examples (PNG/JPEG pairs, a DICOM pair
+with real-world acquisition tags, a PA-only film), each with the acquisition its files carry
+(`xray2ct.acquisition`); each volume is written as NIfTI (HU) with a three-plane preview,
+refined against its X-rays, and compared with its ground truth, the network's own volume
+beside the refined one.
 `--train`: the whole pipeline for a newcomer: phantoms -> short training -> evaluation
 -> reconstruction, within a time budget.
 """
@@ -26,19 +29,24 @@ class Result(str):
 class Example:
     id: str
     pa: Path
-    lat: Path
+    lat: Path | None  # None: a frontal film alone
     ct: Path | None  # ground truth, when known
 
+    @property
+    def mode(self) -> str:
+        return "biplanar" if self.lat is not None else "frontal only"
 
-def bundled_examples(folder: Path | None = None) -> list[Example]:
-    """Example pairs `{id}_pa.*`, `{id}_lat.*` with optional `{id}_ct.nii.gz`, sorted by id."""
+
+def bundled_examples(folder: Path | None = None, pairs_only: bool = False) -> list[Example]:
+    """Examples `{id}_pa.*` with `{id}_lat.*` (or without: a PA-only case) and optional
+    `{id}_ct.nii.gz`, sorted by id. Sidecars (`*.json`) are acquisition records, not films."""
     folder = folder or Path(str(files("xray2ct"))) / EXAMPLES
     out = []
-    for pa in sorted(folder.glob("*_pa.*")):
+    for pa in sorted(p for p in folder.glob("*_pa.*") if p.suffix != ".json"):
         case = pa.name.rsplit("_pa.", 1)[0]
-        lat = next(iter(sorted(folder.glob(f"{case}_lat.*"))), None)
+        lat = next(iter(sorted(p for p in folder.glob(f"{case}_lat.*") if p.suffix != ".json")), None)
         ct = folder / f"{case}_ct.nii.gz"
-        if lat is not None:
+        if lat is not None or not pairs_only:
             out.append(Example(case, pa, lat, ct if ct.is_file() else None))
     return out
 
@@ -64,7 +72,7 @@ def run_demo(out: str | Path, device: str = "cpu") -> Iterator[str]:
     """Reconstruct every bundled example with the bundled weights; yields report lines."""
     from tqdm import tqdm
 
-    from xray2ct.engine.reconstruct import RefineOptions, default_checkpoint, load_for_inference, load_pair, \
+    from xray2ct.engine.reconstruct import RefineOptions, default_checkpoint, load_for_inference, load_study_for, \
         reconstruct_pair, save_preview, save_volume
 
     started = time.monotonic()
@@ -75,22 +83,26 @@ def run_demo(out: str | Path, device: str = "cpu") -> Iterator[str]:
     yield f"model: {ckpt.name} ({cfg.model.volume_size}³ from {cfg.model.xray_img_size}² X-rays), {len(examples)} examples"
     rows = []
     for ex in tqdm(examples, desc="reconstruct", unit="case"):
-        xrays = load_pair(ex.pa, ex.lat, cfg.model.xray_img_size)
-        rec = reconstruct_pair(model, cfg, dev, xrays, refine=RefineOptions())
-        save_volume(out / f"{ex.id}.nii.gz", rec.hu, rec.spacing, "nifti")
+        study = load_study_for(model, cfg, ex.pa, ex.lat)  # the acquisition each file carries
+        rec = reconstruct_pair(model, cfg, dev, study.xrays, refine=RefineOptions(), geometry=study.geometry,
+                               present=study.present)
+        save_volume(out / f"{ex.id}.nii.gz", rec.hu, rec.spacing, "nifti", description=study.descrip())
         save_preview(out / f"{ex.id}_preview.png", rec.hu, rec.std_hu, title=f"{ex.id} (reconstruction)",
                      spacing=rec.spacing)
-        row = {"id": ex.id, **(ground_truth_metrics(rec.volume, ex.ct) if ex.ct is not None else {})}
+        row = {"id": ex.id, "views": "PA + lateral" if study.mode == "biplanar" else study.mode,
+               "acquisition": study.acquisitions[0].short(),
+               **(ground_truth_metrics(rec.volume, ex.ct) if ex.ct is not None else {})}
         if ex.ct is not None and rec.network is not None:
             row["network_psnr"] = ground_truth_metrics(rec.network, ex.ct).get("psnr")
         rows.append(row)
-    yield Result("refined against the X-rays (physics); in brackets the network alone")
+    yield Result("against the ground truth, refined against the X-rays (physics); in brackets the network alone")
     for r in rows:
+        head = f"{r['id']:<26} {r['views']:<13} {r['acquisition']:<26}"
         if "psnr" in r:
-            before = f" (network {r['network_psnr']:.2f})" if r.get("network_psnr") is not None else ""
-            yield Result(f"{r['id']:<24} PSNR {r['psnr']:.2f} dB{before}   SSIM {r['ssim']:.3f}   MAE {r['mae']:.0f} HU")
+            before = f" ({r['network_psnr']:.2f})" if r.get("network_psnr") is not None else ""
+            yield Result(f"{head} PSNR {r['psnr']:.2f} dB{before}   SSIM {r['ssim']:.3f}   MAE {r['mae']:.0f} HU")
         else:
-            yield Result(f"{r['id']:<24} (no ground truth)")
+            yield Result(f"{head} (no ground truth)")
     yield Result(f"volumes (NIfTI, HU) and previews: {out.resolve()}  [{time.monotonic() - started:.1f} s]")
 
 
