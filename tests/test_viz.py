@@ -59,3 +59,23 @@ def test_orientation_labels_name_the_patient_side_at_each_edge_of_the_slice():
             img = viz.plane_slice(coord, plane)
             edges = {"top": img[0], "bottom": img[-1], "left": img[:, 0], "right": img[:, -1]}
             assert [e for e, v in edges.items() if (v == 0).all()] == [k for k, s in labels.items() if s == axis_side]
+
+
+def test_preview_writes_the_patient_sides_on_every_slice(tmp_path):
+    """The preview PNG carries R/L, A/P, S/I at the edges (yellow letters) as the viewer does."""
+    from PIL import Image
+
+    from xray2ct.engine.reconstruct import save_preview
+
+    hu = np.full((16, 16, 16), -1000.0, np.float32)
+    plain, labelled = tmp_path / "plain.png", tmp_path / "labelled.png"
+    from xray2ct.viz import PLANES, plane_slice, save_montage
+
+    save_montage(plain, [{"image": plane_slice(hu, p), "vmin": -1000, "vmax": 1000} for p in PLANES])
+    save_preview(labelled, hu)
+
+    def yellow(path):
+        rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        return int(((rgb[..., 0] > 200) & (rgb[..., 1] > 170) & (rgb[..., 2] < 140)).sum())
+
+    assert yellow(plain) == 0 and yellow(labelled) > 100

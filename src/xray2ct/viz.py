@@ -95,10 +95,27 @@ def uncertainty_scale(std_hu: np.ndarray) -> float:
     return float(np.percentile(std_hu, 99)) or 1.0
 
 
+# Where each edge's letter sits, in axes fractions, and its alignment.
+_EDGE_TEXT = {"top": (0.5, 0.97, "center", "top"), "bottom": (0.5, 0.03, "center", "bottom"),
+              "left": (0.03, 0.5, "left", "center"), "right": (0.97, 0.5, "right", "center")}
+
+
+def _write_sides(ax, sides: dict[str, str]) -> None:
+    """The patient's side letters at a panel's edges, yellow outlined in black as `draw_sides`."""
+    from matplotlib import patheffects
+
+    outline = [patheffects.withStroke(linewidth=2, foreground="black")]
+    for edge, letter in sides.items():
+        x, y, ha, va = _EDGE_TEXT[edge]
+        ax.text(x, y, letter, transform=ax.transAxes, ha=ha, va=va, color="#ffd54a", fontsize=9,
+                fontweight="bold", path_effects=outline)
+
+
 def save_montage(path: str | os.PathLike, panels: list[dict], ncols: int = 3, title: str | None = None,
                  colorbar_label: str | None = None, dpi: int = 110) -> None:
     """Grid of images. Each panel: {"image": 2D array, "title": str, "cmap": str, "vmin", "vmax",
-    "aspect": pixel height / width (default 1)}."""
+    "aspect": pixel height / width (default 1), "sides": `orientation_labels(plane)` to write
+    the patient's sides (R/L, A/P, S/I) at the edges}."""
     nrows = -(-len(panels) // ncols)
     fig, axes = pyplot().subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows), squeeze=False)
     for ax in axes.flat:
@@ -106,6 +123,8 @@ def save_montage(path: str | os.PathLike, panels: list[dict], ncols: int = 3, ti
     for ax, p in zip(axes.flat, panels):
         im = ax.imshow(p["image"], cmap=p.get("cmap", "gray"), vmin=p.get("vmin"), vmax=p.get("vmax"),
                        aspect=p.get("aspect", 1.0))
+        if p.get("sides"):
+            _write_sides(ax, p["sides"])
         ax.set_title(p.get("title", ""), fontsize=9)
         if p.get("colorbar"):
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label(colorbar_label or "", fontsize=8)
@@ -117,8 +136,10 @@ def save_montage(path: str | os.PathLike, panels: list[dict], ncols: int = 3, ti
 def ct_and_drr_montage(path, hu: np.ndarray, pa: np.ndarray, lat: np.ndarray, title: str | None = None) -> None:
     """PA and lateral DRRs beside axial/coronal/sagittal CT slices (HU, soft-tissue-to-bone window)."""
     panels = [{"image": pa, "title": "PA DRR"}, {"image": lat, "title": "lateral DRR"}, {"image": None}]
-    panels = panels[:2] + [
-        {"image": plane_slice(hu, p), "title": f"CT {p}", "vmin": -1000, "vmax": 1000, "colorbar": p == "sagittal"}
+    panels = [{**panels[0], "sides": orientation_labels(XRAY_PLANE["PA"])},
+              {**panels[1], "sides": orientation_labels(XRAY_PLANE["lateral"])}] + [
+        {"image": plane_slice(hu, p), "title": f"CT {p}", "vmin": -1000, "vmax": 1000, "colorbar": p == "sagittal",
+         "sides": orientation_labels(p)}
         for p in PLANES
     ]
     save_montage(path, panels, ncols=5, title=title, colorbar_label="HU")

@@ -109,18 +109,22 @@ def save_eval_montage(path, case_id: str, xrays: np.ndarray, drr: np.ndarray, gt
                       pred_hu: np.ndarray, std_hu: np.ndarray | None) -> Path:
     """4 x 4 panels: input PA/lateral and the prediction's DRRs; then per plane (axial,
     coronal, sagittal) ground truth, prediction, |error| and uncertainty, all HU."""
-    from xray2ct.viz import PLANES, plane_slice, save_montage
+    from xray2ct.viz import PLANES, XRAY_PLANE, orientation_labels, plane_slice, save_montage
 
     err = np.abs(pred_hu - gt_hu)
     err_top = max(float(np.percentile(err, 99.5)), 1.0)
-    panels = [{"image": xrays[0], "title": "input PA"}, {"image": xrays[1], "title": "input lateral"},
-              {"image": drr[0], "title": "prediction, PA DRR"}, {"image": drr[1], "title": "prediction, lateral DRR"}]
+    pa_sides, lat_sides = (orientation_labels(XRAY_PLANE[v]) for v in ("PA", "lateral"))
+    panels = [{"image": xrays[0], "title": "input PA", "sides": pa_sides},
+              {"image": xrays[1], "title": "input lateral", "sides": lat_sides},
+              {"image": drr[0], "title": "prediction, PA DRR", "sides": pa_sides},
+              {"image": drr[1], "title": "prediction, lateral DRR", "sides": lat_sides}]
     if std_hu is None:
         std_hu = np.zeros_like(pred_hu)
     std_top = max(float(np.percentile(std_hu, 99.5)), 1.0)
     for p in PLANES:
         panels += [
-            {"image": plane_slice(gt_hu, p), "title": f"ground truth {p}", "vmin": -1000, "vmax": 1000},
+            {"image": plane_slice(gt_hu, p), "title": f"ground truth {p}", "vmin": -1000, "vmax": 1000,
+             "sides": orientation_labels(p)},
             {"image": plane_slice(pred_hu, p), "title": f"prediction {p}", "vmin": -1000, "vmax": 1000,
              "colorbar": p == PLANES[-1]},
             {"image": plane_slice(err, p), "title": f"|error| {p}", "cmap": "magma", "vmin": 0, "vmax": err_top,

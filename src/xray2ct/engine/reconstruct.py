@@ -79,12 +79,16 @@ def select_device(device: str = "auto") -> torch.device:
         raise ReconstructionError(str(e)) from e
 
 
-def load_for_inference(checkpoint: str | os.PathLike | None, device: str = "auto"):
-    """(model in eval mode on the device, its Config, torch.device)."""
+def load_for_inference(checkpoint: str | os.PathLike | None, device: str = "auto", cuda_graphs: bool = False):
+    """(model in eval mode on the device, its Config, torch.device). cuda_graphs: its forward
+    replays CUDA graphs (`engine.graphs`), or, off CUDA, runs as it is after one warning."""
     from xray2ct.checkpoint import load_model
+    from xray2ct.engine.graphs import with_cuda_graphs
 
     dev = select_device(device)
     model, cfg, _ = load_model(default_checkpoint() if checkpoint is None else checkpoint, device=dev)
+    if cuda_graphs:
+        model, _ = with_cuda_graphs(model, dev, setting="--cuda-graphs")
     return model, cfg, dev
 
 
@@ -253,15 +257,16 @@ def save_preview(path: Path, hu: np.ndarray, std_hu: np.ndarray | None = None, t
                  spacing=(1.0, 1.0, 1.0)) -> Path:
     """Axial, coronal and sagittal mid-slices in HU (and of the uncertainty, when given), one PNG,
     drawn to scale for voxel spacing (d, h, w) in mm."""
-    from xray2ct.viz import PLANES, plane_aspect, plane_slice, save_montage, uncertainty_scale
+    from xray2ct.viz import PLANES, orientation_labels, plane_aspect, plane_slice, save_montage, uncertainty_scale
 
     panels = [{"image": plane_slice(hu, p), "title": f"CT {p}", "vmin": -1000, "vmax": 1000,
-               "colorbar": p == PLANES[-1], "aspect": plane_aspect(spacing, p)} for p in PLANES]
+               "colorbar": p == PLANES[-1], "aspect": plane_aspect(spacing, p), "sides": orientation_labels(p)}
+              for p in PLANES]
     if std_hu is not None:
         top = uncertainty_scale(std_hu)
         panels += [{"image": plane_slice(std_hu, p), "title": f"uncertainty (std) {p}", "cmap": "viridis",
-                    "vmin": 0, "vmax": top, "colorbar": p == PLANES[-1], "aspect": plane_aspect(spacing, p)}
-                   for p in PLANES]
+                    "vmin": 0, "vmax": top, "colorbar": p == PLANES[-1], "aspect": plane_aspect(spacing, p),
+                    "sides": orientation_labels(p)} for p in PLANES]
     with _writing(path):
         save_montage(path, panels, ncols=3, title=title, colorbar_label="HU")
     return path
@@ -521,7 +526,8 @@ class _Job:
 
 def reconstruct(pa, lat, out, checkpoint=None, uncertainty=None, preview=None, device: str = "auto",
                 upscale: tuple[int, int, int] | None = None, fmt: str = "nifti", overwrite: bool = False,
-                report=None, refine: RefineOptions = RefineOptions(), acquisition=None) -> Path:
+                report=None, refine: RefineOptions = RefineOptions(), acquisition=None,
+                cuda_graphs: bool = False) -> Path:
     """Reconstruct one CT from a PA and a lateral radiograph, or from one of them; returns the
     written volume's path.
 
@@ -543,9 +549,10 @@ def reconstruct(pa, lat, out, checkpoint=None, uncertainty=None, preview=None, d
         acquisition: `xray2ct.acquisition.AcquisitionFlags` (--sid/--sod/--pixel-mm, --lat-*,
             --ap); what they leave open comes from DICOM tags, a `{stem}.json` sidecar or
             the model's training geometry (see xray2ct.acquisition).
+        cuda_graphs: the network's forward replays CUDA graphs (on CUDA; elsewhere a warning).
     """
     job = _Job.check(out, fmt, uncertainty, preview, upscale, overwrite, report, refine)
-    model, cfg, dev = load_for_inference(checkpoint, device)
+    model, cfg, dev = load_for_inference(checkpoint, device, cuda_graphs)
     study = load_study_for(model, cfg, pa, lat, acquisition)
     if study.mode != "biplanar":
         log.info("one view only (%s): the volume rests more on the model's anatomy prior", study.mode)
@@ -596,7 +603,8 @@ def find_pairs(folder: str | os.PathLike) -> tuple[dict[str, tuple[Path, Path]],
 def reconstruct_batch(folder, out_dir, checkpoint=None, device: str = "auto", upscale=None, fmt: str = "nifti",
                       overwrite: bool = False, uncertainty: bool = False, preview: bool = False,
                       progress: bool = True, report: bool = False,
-                      refine: RefineOptions = RefineOptions(), acquisition=None) -> BatchReport:
+                      refine: RefineOptions = RefineOptions(), acquisition=None,
+                      cuda_graphs: bool = False) -> BatchReport:
     """Reconstruct every pair in `folder` into out_dir/{id}.nii.gz (.npy, or {id}/ for DICOM).
 
     Optional out_dir/{id}_uncertainty.nii.gz, {id}_preview.png and {id}_report.html. A pair that
@@ -616,7 +624,7 @@ def reconstruct_batch(folder, out_dir, checkpoint=None, device: str = "auto", up
     if suffix is None:
         raise ReconstructionError(f"unknown output format {fmt!r}; valid: {', '.join(FORMATS)}")
     upscale = _check_upscale(upscale)
-    model, cfg, dev = load_for_inference(checkpoint, device)  # once, before the loop
+    model, cfg, dev = load_for_inference(checkpoint, device, cuda_graphs)  # once, before the loop
     for cid, (pa, lat) in tqdm(pairs.items(), desc="reconstruct", unit="case", disable=not progress):
         out = out_dir / f"{cid}{suffix}"
         if out.exists() and not overwrite:
