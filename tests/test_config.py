@@ -309,3 +309,30 @@ def test_gpu_128_fits_a_40_gb_gpu_at_batch_2():
     summary = model_summary(load_config(CONFIGS["gpu-128"]), batch_size=2)
     total = summary["activation_bytes"] + 4 * 4 * summary["params_total"]
     assert total < 0.5 * 40e9, f"{total / 2**30:.1f} GiB"
+
+
+def test_acquisition_section_round_trips_and_takes_dotted_overrides(tmp_path):
+    cfg = load_config(CONFIGS["cpu-small"], {"data.acquisition.render": "true", "data.view_dropout": "0.25",
+                                             "data.acquisition.source_det_mm": "[1000, 1800]"})
+    a = cfg.data.acquisition
+    assert a.render and a.source_det_mm == (1000.0, 1800.0) and cfg.data.view_dropout == 0.25
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    raw = {"data": {"acquisition": {"render": True, "offset_mm": 10, "_comment": "ignored"}}}
+    assert config_from_dict(raw).data.acquisition.offset_mm == 10.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"data.acquisition.source_det_mm": [1900, 900]}, "data.acquisition.source_det_mm must be \\[low, high\\]"),
+    ({"data.acquisition.detector_mm": [350]}, "data.acquisition.detector_mm must be \\[low, high\\]"),
+    ({"data.acquisition.nominal_fraction": 1.5}, "data.acquisition.nominal_fraction must be in \\[0, 1\\]"),
+    ({"data.acquisition.rotation_deg": -1}, "data.acquisition.rotation_deg must be in \\[0, 45\\]"),
+    ({"data.acquisition.margin_mm": float("nan")}, "data.acquisition.margin_mm must be in"),
+    ({"data.acquisition.patient_det_mm": [100, 900]}, "puts the source inside the rendered field"),
+    ({"data.view_dropout": 2}, "data.view_dropout must be in \\[0, 1\\]"),
+    ({"data.acquisition.marginmm": 1}, "did you mean 'margin_mm'"),
+    ({"data.acquisition.render": "yes"}, "data.acquisition.render .* must be true or false"),
+    ({"data.acquisition.gamma": ["a", 1]}, "must be a list of numbers"),
+])
+def test_bad_acquisition_settings_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIGS["cpu-small"], override)

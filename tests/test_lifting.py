@@ -187,3 +187,36 @@ def test_lifted_skip_is_a_conv_over_the_lifted_views(geometry):
     expected = sum(torch.einsum("oc,bcxyz->boxyz", w[v] * scale[v, :, None], lifted[:, v])
                    + shift[v, None, :, None, None, None] * coverage[v] for v in range(2))
     torch.testing.assert_close(skip(feats), expected)
+
+
+def _study(geometry, frontal="ap", sid=1800.0, sod=1650.0, pitch=0.9):
+    from xray2ct.geometry import ViewSetup
+
+    return geometry.with_views((frontal, "lat"), {frontal: ViewSetup(sod, sid, pitch, (3.0, -2.0)),
+                                                  "lat": ViewSetup(sod, sid, pitch * 1.1)})
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_per_sample_geometry_equals_set_geometry(geometry, mode):
+    """Each sample lifted with its own geometry equals the model lifting with that geometry;
+    the per-sample path neither caches nor changes the module's own geometry."""
+    torch.manual_seed(0)
+    features = torch.randn(3, 2, 5, 16, 16, dtype=torch.float64)
+    per_sample = [geometry, _study(geometry), _study(geometry, "pa", 1200.0, 1000.0, 1.2)]
+    lifting = GeometryLifting(geometry, GRID, mode=mode)
+    mixed = lifting(features, per_sample)
+    for b, g in enumerate(per_sample):
+        own = GeometryLifting(g, GRID, mode=mode)(features[b : b + 1])
+        torch.testing.assert_close(mixed[b : b + 1], own, rtol=1e-12, atol=1e-12)
+    assert lifting.geometry == geometry and lifting._matrices == {}
+
+
+def test_per_sample_lifting_passes_gradients_and_checks_its_input(geometry):
+    lifting = GeometryLifting(geometry, GRID)
+    features = torch.randn(2, 2, 4, 16, 16, requires_grad=True)
+    lifting(features, [_study(geometry)] * 2).square().sum().backward()
+    assert features.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="2 geometries for a batch of 1"):
+        lifting(features[:1], [geometry] * 2)
+    with pytest.raises(ValueError, match="axes"):
+        lifting(features, [geometry.with_views(("lat", "pa"))] * 2)

@@ -188,3 +188,36 @@ def test_lifted_skips_take_the_nearest_encoder_scale_and_learn():
     _loss(model(torch.rand(2, 2, s, s))).backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not dead
+
+
+def test_per_sample_geometry_none_is_the_shared_path_and_all_equal_is_set_geometry(small):
+    """forward(x, geometry=None) is today's path bit for bit; every sample at g equals
+    set_geometry(g) to float rounding; mixed batches give each sample its own; gradients flow."""
+    from xray2ct.acquisition import study_geometry
+    from xray2ct.geometry import ViewSetup
+
+    from xray2ct.models.net import using_geometry
+
+    torch.manual_seed(0)
+    model = build_model(override_config(small, {"model.lifted_skips": True})).eval()
+    torch.manual_seed(1)
+    x = torch.rand(2, 2, model.xray_size, model.xray_size)
+    nominal = model.geometry
+    g = study_geometry(nominal, {"ap": ViewSetup(1650.0, 1800.0, 1.5), "lat": ViewSetup(1650.0, 1800.0, 1.6)})
+    with torch.no_grad():
+        shared = model(x)["volume"]
+        assert torch.equal(model(x, None)["volume"], shared)
+        torch.testing.assert_close(model(x, [nominal, nominal])["volume"], shared, rtol=0, atol=1e-5)
+        with using_geometry(model, g):
+            at_g = model(x)["volume"]
+        torch.testing.assert_close(model(x, [g, g])["volume"], at_g, rtol=0, atol=1e-5)
+        mixed = model(x, [nominal, g])["volume"]
+        torch.testing.assert_close(mixed[1], at_g[1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(mixed[0], shared[0], rtol=0, atol=1e-5)
+    assert model.geometry == nominal
+    model.train()
+    out = model(x, [g, nominal])
+    out["volume"].mean().backward()
+    assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="1 geometries for a batch of 2"):
+        model(x, [g])

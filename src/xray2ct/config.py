@@ -116,12 +116,45 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class AcquisitionConfig:
+    """`data.acquisition`: films rendered from the CT on the fly at a random acquisition
+    per sample (`xray2ct.data.acquisition_sampler`, `xray2ct.data.render`). Ranges are
+    [low, high], drawn uniformly."""
+
+    render: bool = False  # true: render the films per training step; false: the dataset's stored X-rays
+    nominal_fraction: float = 0.3  # share of samples at the training geometry (covering detector, PA, centred)
+    source_det_mm: tuple[float, ...] = (900.0, 1900.0)  # source–detector distance, mm
+    patient_det_mm: tuple[float, ...] = (100.0, 250.0)  # isocentre (patient centre)–detector distance, mm
+    detector_mm: tuple[float, ...] = (350.0, 430.0)  # side of the square cassette, mm
+    covering_fraction: float = 0.2  # share of non-nominal samples whose detector just covers the 320 mm cube
+    offset_mm: float = 30.0  # patient offset, uniform in ±offset along each axis, mm
+    rotation_deg: float = 5.0  # patient rotation, uniform in ±rotation about each axis, degrees
+    ap_fraction: float = 0.3  # share of non-nominal samples with an AP (not PA) frontal film
+    margin_mm: float = 80.0  # the wide field rendered around the cube, per side on every axis, mm
+    phantoms: int = 400  # phantoms in the pool when no dataset_path is given
+    phantom_version: int = 1  # generator of the pool's phantoms (`chest_phantom(version=...)`)
+    # film style (`RadiographStyle`), applied when data.augment is true
+    scatter: float = 0.15  # max fraction of broad low-pass fog (scatter)
+    blur_px: float = 1.0  # max focal-spot/detector blur, Gaussian sigma in pixels of the rendered film
+    noise: float = 0.02  # max std of additive noise on the [0, 1] film
+    gamma: tuple[float, ...] = (0.8, 1.25)  # display gamma range (processing curve)
+    contrast: tuple[float, ...] = (0.85, 1.15)  # contrast stretch range about the mean (exposure)
+
+    def __post_init__(self):
+        _lists_to_tuples(self)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dataset_path: str = ""  # ROOT with ROOT/{id}/{id}.nii.gz and the two DRR PNGs
     max_patients: int = 1000  # use at most this many cases
     num_workers: int = 4  # DataLoader worker processes (0: load in the main process)
     prefetch_factor: int = 2  # batches prefetched per worker
     augment: bool = True  # radiograph-style augmentation of the training X-rays
+    # probability that a training sample loses one view (an all-zero image), so the same
+    # weights take a PA alone; 80 % of the drops remove the lateral, 20 % the PA
+    view_dropout: float = 0.0
+    acquisition: AcquisitionConfig = field(default_factory=AcquisitionConfig)  # on-the-fly films
 
 
 @dataclass(frozen=True)
@@ -187,6 +220,7 @@ class Config:
     description: str = ""  # free text, kept from the file's top-level "description"
 
 
+SUBSECTIONS: dict[str, type] = {"data.acquisition": AcquisitionConfig}  # sections nested in a section
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "training": TrainingConfig, "loss": LossConfig, "data": DataConfig,
     "optimization": OptimizationConfig, "logging": LoggingConfig, "geometry": GeometryConfig, "refine": RefineConfig,
@@ -240,14 +274,25 @@ def _coerce(key: str, value: Any, typ: Any, source: str) -> Any:
             raise bad("a string")
         return value
     if typing.get_origin(typ) is tuple:
+        if typing.get_args(typ)[0] is float:
+            if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                                           for v in value):
+                raise bad("a list of numbers")
+            return tuple(float(v) for v in value)
         if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
             raise bad("a list of ints")
         return tuple(value)
+    if typ in SUBSECTIONS.values():
+        return _fields_from_dict(key, typ, value, source)
     raise AssertionError(f"unhandled field type {typ!r} for {key}")  # internal: a new field type
 
 
 def _section_from_dict(name: str, raw: Any, source: str):
-    cls = SECTIONS[name]
+    return _fields_from_dict(name, SECTIONS[name], raw, source)
+
+
+def _fields_from_dict(name: str, cls, raw: Any, source: str):
+    """A (sub)section dataclass from its JSON object; `name` is its dotted key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"section {name!r} in {source} must be a JSON object, got {raw!r}")
     types = _field_types(cls)
@@ -295,6 +340,8 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 def _jsonable(value):
+    if type(value) in SUBSECTIONS.values():
+        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -346,6 +393,8 @@ def validate_config(cfg: Config, source: str = "<config>") -> None:
     need(d.max_patients >= 1, f"data.max_patients must be >= 1, got {d.max_patients}")
     need(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
     need(d.prefetch_factor >= 1, f"data.prefetch_factor must be >= 1, got {d.prefetch_factor}")
+    need(0 <= d.view_dropout <= 1, f"data.view_dropout must be in [0, 1], got {d.view_dropout}")
+    _check_acquisition(d.acquisition, g, need)
     for f in fields(lg):
         low = 0 if f.name == "checkpoint_every_steps" else 1  # 0 turns step checkpoints off
         need(getattr(lg, f.name) >= low, f"logging.{f.name} must be >= {low}, got {getattr(lg, f.name)}")
@@ -401,6 +450,31 @@ def _check_bounds(cfg: Config, need) -> None:
              f"({what}); the limit is {MAX_ACTIVATION * 4 / 2**30:.0f} GiB: reduce the sizes")
 
 
+def _check_acquisition(a: AcquisitionConfig, g: GeometryConfig, need) -> None:
+    """Ranges [low, high] inside physical bounds; shares in [0, 1]; the source outside the wide field."""
+    key = "data.acquisition."
+    bounds = {"source_det_mm": (300.0, 5000.0), "patient_det_mm": (0.0, 1000.0), "detector_mm": (50.0, 1000.0),
+              "gamma": (0.1, 10.0), "contrast": (0.1, 10.0)}
+    for name, (low, high) in bounds.items():
+        r = getattr(a, name)
+        need(len(r) == 2 and all(math.isfinite(v) for v in r) and low <= r[0] <= r[1] <= high,
+             f"{key}{name} must be [low, high] with {low:g} <= low <= high <= {high:g}, got {list(r)}")
+    for name in ("nominal_fraction", "covering_fraction", "ap_fraction", "scatter"):
+        need(0 <= getattr(a, name) <= 1, f"{key}{name} must be in [0, 1], got {getattr(a, name)}")
+    limits = {"offset_mm": 100.0, "rotation_deg": 45.0, "margin_mm": 500.0, "blur_px": 10.0, "noise": 0.5}
+    for name, high in limits.items():
+        need(0 <= getattr(a, name) <= high, f"{key}{name} must be in [0, {high:g}], got {getattr(a, name)}")
+    need(1 <= a.phantoms <= 100_000, f"{key}phantoms must be in [1, 100000], got {a.phantoms}")
+    need(a.phantom_version >= 1, f"{key}phantom_version must be >= 1, got {a.phantom_version}")
+    if len(a.source_det_mm) == 2 and len(a.patient_det_mm) == 2:
+        # the nearest source must stay outside the wide field, turned corners included
+        half = (g.fov_mm / 2 + a.margin_mm) * math.sqrt(3)
+        nearest = a.source_det_mm[0] - a.patient_det_mm[1]
+        need(nearest > half, f"{key}source_det_mm low - patient_det_mm high = {nearest:g} mm puts the source "
+             f"inside the rendered field (its corners reach {half:.0f} mm from the centre); raise "
+             f"source_det_mm, or lower patient_det_mm or margin_mm")
+
+
 def _check_grid(m: ModelConfig, need) -> None:
     """Token grid G and decoder: G³ tokens are upsampled x2 per decoder stage up to N³."""
     n, grid = m.volume_size, m.grid
@@ -432,6 +506,17 @@ def _parse_override(key: str, value: Any, source: str) -> tuple[str, str, Any]:
     if section not in SECTIONS:
         raise ConfigError(f"unknown section {section!r} in {source} key {key!r}{_suggest(section, SECTIONS)}")
     types = _field_types(SECTIONS[section])
+    sub, dot, leaf = name.partition(".")
+    if dot and f"{section}.{sub}" in SUBSECTIONS:  # e.g. data.acquisition.render
+        leaves = _field_types(SUBSECTIONS[f"{section}.{sub}"])
+        if leaf not in leaves:
+            raise ConfigError(f"unknown key {key!r} in {source}{_suggest(leaf, leaves)}")
+        if isinstance(value, str) and leaves[leaf] is not str:
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        return section, name, value
     if not name or name not in types:
         raise ConfigError(f"unknown key {key!r} in {source}{_suggest(name, types)}")
     if isinstance(value, str) and types[name] is not str:
@@ -447,12 +532,16 @@ def apply_overrides(d: dict, overrides: dict | None, source: str = "overrides") 
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
     for key, value in (overrides or {}).items():
         section, name, value = _parse_override(str(key), value, source)
-        types = _field_types(SECTIONS[section])
-        _coerce(key, value, types[name], source)  # fail here so the message names the override
+        sub, dot, leaf = name.partition(".")
+        types = _field_types(SUBSECTIONS[f"{section}.{sub}"] if dot else SECTIONS[section])
+        _coerce(key, value, types[leaf if dot else name], source)  # fail here so the message names the override
         out.setdefault(section, {})
         if not isinstance(out[section], dict):
             raise ConfigError(f"section {section!r} must be a JSON object to override {key!r}")
-        out[section][name] = value
+        if dot:
+            out[section] = {**out[section], sub: dict(out[section].get(sub) or {}, **{leaf: value})}
+        else:
+            out[section][name] = value
     return out
 
 
@@ -489,7 +578,7 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
 
 
 __all__ = [
-    "Config", "ModelConfig", "TrainingConfig", "LossConfig", "DataConfig", "OptimizationConfig",
+    "Config", "ModelConfig", "TrainingConfig", "LossConfig", "DataConfig", "AcquisitionConfig", "OptimizationConfig",
     "LoggingConfig", "GeometryConfig", "ConfigError", "load_config", "save_config", "config_to_dict",
     "config_from_dict", "validate_config", "apply_overrides", "override_config",
 ]

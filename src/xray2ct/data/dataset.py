@@ -88,6 +88,36 @@ def _resize_volume(ct: torch.Tensor, n: int) -> torch.Tensor:
     return x[0]
 
 
+def select_split(root: Path, split: str | None, all_ids: list[str], seed: int, strict: bool) -> list[str]:
+    """Ids of `split` among `all_ids`: from ROOT/splits.json, else the automatic seeded split."""
+    if split is None:
+        return all_ids
+    path = Path(root) / "splits.json"
+    if not path.is_file():
+        if split not in SPLITS:
+            raise XRay2CTInputError(f"unknown split {split!r}; valid: {', '.join(SPLITS)} or None "
+                                    f"(no {path}, so the automatic 80/10/10 split is used)")
+        # split over every case folder, broken ones included, so fixing a case moves no other
+        return split_ids(all_ids, seed=seed)[split]
+    try:
+        splits = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise XRay2CTInputError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(splits, dict) or not all(
+            isinstance(v, list) and all(isinstance(i, str) for i in v) for v in splits.values()):
+        raise XRay2CTInputError(f'{path}: expected {{"train": [ids], "val": [ids], "test": [ids]}}')
+    if split not in splits:
+        raise XRay2CTInputError(f"{path}: no split {split!r}; valid: {', '.join(map(repr, splits))} or None")
+    ids = splits[split]
+    unknown = sorted(set(ids) - set(all_ids))
+    if unknown:
+        msg = f"{path}: split {split!r} lists {len(unknown)} id(s) with no case folder: {', '.join(unknown[:10])}"
+        if strict:
+            raise XRay2CTInputError(msg)
+        warnings.warn(msg, stacklevel=4)
+    return ids
+
+
 class BiplanarDataset(Dataset):
     """Cases under `root` as {"pa": (1,S,S), "lat": (1,S,S), "ct": (1,N,N,N), "id": str}.
 
@@ -167,32 +197,7 @@ class BiplanarDataset(Dataset):
 
     def _split_ids(self, all_ids: list[str], strict: bool) -> list[str]:
         """Ids of the chosen split, from splits.json or the automatic seeded split."""
-        if self.split is None:
-            return all_ids
-        path = self.root / "splits.json"
-        if not path.is_file():
-            if self.split not in SPLITS:
-                raise XRay2CTInputError(f"unknown split {self.split!r}; valid: {', '.join(SPLITS)} or None "
-                                        f"(no {path}, so the automatic 80/10/10 split is used)")
-            # split over every case folder, broken ones included, so fixing a case moves no other
-            return split_ids(all_ids, seed=self.seed)[self.split]
-        try:
-            splits = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise XRay2CTInputError(f"{path}: not valid JSON ({e})") from e
-        if not isinstance(splits, dict) or not all(
-                isinstance(v, list) and all(isinstance(i, str) for i in v) for v in splits.values()):
-            raise XRay2CTInputError(f'{path}: expected {{"train": [ids], "val": [ids], "test": [ids]}}')
-        if self.split not in splits:
-            raise XRay2CTInputError(f"{path}: no split {self.split!r}; valid: {', '.join(map(repr, splits))} or None")
-        ids = splits[self.split]
-        unknown = sorted(set(ids) - set(all_ids))
-        if unknown:
-            msg = f"{path}: split {self.split!r} lists {len(unknown)} id(s) with no case folder: {', '.join(unknown[:10])}"
-            if strict:
-                raise XRay2CTInputError(msg)
-            warnings.warn(msg, stacklevel=3)
-        return ids
+        return select_split(self.root, self.split, all_ids, self.seed, strict)
 
     # ------------------------------------------------------------------ items
     @property

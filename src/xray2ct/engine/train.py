@@ -81,10 +81,29 @@ def default_data_dir(cfg: Config, n: int = 200, seed: int = 0) -> Path:
     return folder
 
 
+def phantom_pool_dir(cfg: Config, seed: int = 0) -> Path:
+    """Wide-field phantoms in the cache folder, generated on first use (`data.acquisition.render`
+    without a dataset: the films are rendered from them, so no DRR files are written)."""
+    from xray2ct.data.fields import phantom_pool
+    from xray2ct.data.render import margin_voxels
+
+    a = cfg.data.acquisition
+    root = Path(os.environ.get("XRAY2CT_CACHE", Path.home() / ".cache" / "xray2ct"))
+    return phantom_pool(root, a.phantoms, cfg.model.volume_size, margin_voxels(cfg), seed, cfg.geometry.fov_mm,
+                        a.phantom_version)
+
+
 def make_dataset(cfg: Config, root: Path, split: str, train: bool):
     from xray2ct.data.dataset import BiplanarDataset
     from xray2ct.physics.radiograph import RadiographStyle
 
+    if cfg.data.acquisition.render:  # CTs only: the films are rendered per step (engine.films)
+        from xray2ct.data.fields import FieldDataset
+        from xray2ct.data.render import margin_voxels
+
+        ds = FieldDataset(root, split, cfg.model.volume_size, margin_voxels(cfg), seed=cfg.training.seed)
+        ds.ids, ds.files = ds.ids[: cfg.data.max_patients], ds.files[: cfg.data.max_patients]
+        return ds
     ds = BiplanarDataset(root, split=split, xray_size=cfg.model.xray_img_size, volume_size=cfg.model.volume_size,
                          augment=RadiographStyle() if (train and cfg.data.augment) else None,
                          cache=True, seed=cfg.training.seed)
@@ -97,6 +116,33 @@ def batch_to(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Ten
     """-> xrays (B, 2, S, S) PA then lateral, ct (B, 1, N, N, N)."""
     xrays = torch.cat([batch["pa"], batch["lat"]], dim=1).to(device, non_blocking=True)
     return xrays, batch["ct"].to(device, non_blocking=True)
+
+
+class StoredInputs:
+    """batch -> (xrays, ct, None): the dataset's own X-rays at the model's geometry."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def set_epoch(self, epoch: int) -> None:
+        """The dataset draws its augmentation per epoch itself."""
+
+    def __call__(self, batch: dict):
+        return (*batch_to(batch, self.device), None)
+
+
+def make_inputs(cfg: Config, device: torch.device, train: bool):
+    """The step's input maker: stored X-rays, or films rendered per step (data.acquisition.render)."""
+    if not cfg.data.acquisition.render:
+        return StoredInputs(device)
+    from xray2ct.engine.films import RenderedInputs
+
+    return RenderedInputs(cfg, device, train)
+
+
+def run_model(model, xrays: torch.Tensor, geometry) -> dict:
+    """model(xrays), with per-sample geometries when the films have their own."""
+    return model(xrays) if geometry is None else model(xrays, geometry)
 
 
 # --- optimisation ----------------------------------------------------------------
@@ -220,20 +266,22 @@ def _atomic_json(path: Path, obj) -> None:
 
 
 @torch.no_grad()
-def validate(model, loader, device, amp, info: D.DistInfo = D.DistInfo()) -> dict[str, float]:
+def validate(model, loader, device, amp, info: D.DistInfo = D.DistInfo(), inputs=None) -> dict[str, float]:
     """Mean PSNR, 3D SSIM and MAE (HU) over the loader's cases on all ranks.
 
     `model` must be the unwrapped module: DDP's forward broadcasts buffers, a collective
-    that would hang when ranks hold different numbers of validation cases.
+    that would hang when ranks hold different numbers of validation cases. inputs: batch ->
+    (xrays, ct, geometry) (default: the stored X-rays, `StoredInputs`).
     """
     from xray2ct.metrics import mae_hu, psnr, ssim3d
 
     model.eval()
     sums, n = {"psnr": 0.0, "ssim3d": 0.0, "mae_hu": 0.0}, 0
+    inputs = inputs or StoredInputs(device)
     for batch in loader:
-        xrays, ct = batch_to(batch, device)
+        xrays, ct, geometry = inputs(batch)
         with amp:
-            pred = model(xrays)["volume"].float().clamp(0, 1)
+            pred = run_model(model, xrays, geometry)["volume"].float().clamp(0, 1)
         for k, fn in (("psnr", psnr), ("ssim3d", ssim3d), ("mae_hu", mae_hu)):
             sums[k] += fn(pred, ct).sum().item()
         n += ct.shape[0]
@@ -293,12 +341,13 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(tc.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
 
+    default_data = phantom_pool_dir if cfg.data.acquisition.render else default_data_dir
     if not (data_dir or cfg.data.dataset_path):
         if info.is_main:
-            default_data_dir(cfg, seed=tc.seed)  # generated once, by rank 0
+            default_data(cfg, seed=tc.seed)  # generated once, by rank 0
         if info.enabled:
             torch.distributed.barrier()
-    data_dir = Path(data_dir or cfg.data.dataset_path or default_data_dir(cfg, seed=tc.seed))
+    data_dir = Path(data_dir or cfg.data.dataset_path or default_data(cfg, seed=tc.seed))
     train_ds = make_dataset(cfg, data_dir, "train", train=True)
     val_ds = make_dataset(cfg, data_dir, "val", train=False)
     sampler = EpochSampler(len(train_ds), tc.seed, info.rank, info.world_size)
@@ -312,6 +361,7 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
     val_sampler = EpochSampler(len(val_ds), 0, info.rank, info.world_size, shuffle=False)
     val_sampler.per_rank = -(-len(val_ds) // info.world_size)  # keep every case; last rank may take fewer
     val_loader = DataLoader(val_ds, batch_size=tc.batch_size, sampler=val_sampler, **loader_kw)
+    train_inputs, val_inputs = make_inputs(cfg, dev, train=True), make_inputs(cfg, dev, train=False)
 
     model = build_model(cfg).to(dev)
     raw_model = model
@@ -395,9 +445,10 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
             epoch = slot // steps_per_epoch
             sampler.set_epoch(epoch, skip=(slot - epoch * steps_per_epoch) * tc.grad_accum_steps * tc.batch_size)
             train_ds.set_epoch(epoch)
+            train_inputs.set_epoch(epoch)
             micro, t0, seen = 0, time.monotonic(), 0
             for batch in train_loader:
-                xrays, ct = batch_to(batch, dev)
+                xrays, ct, geometry = train_inputs(batch)
                 micro += 1
                 if graphs:
                     step_begin()
@@ -405,7 +456,7 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
                 sync = nullcontext() if (last_micro or not info.enabled) else model.no_sync()
                 with sync:
                     with amp:
-                        loss, parts = loss_fn(model(xrays), ct)
+                        loss, parts = loss_fn(run_model(model, xrays, geometry), ct)
                     finite = bool(torch.isfinite(loss))
                     if finite:
                         ((scaler.scale(loss) if scaler else loss) / tc.grad_accum_steps).backward()
@@ -470,7 +521,7 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
                 done = epoch + 1  # epochs completed
                 if done % cfg.logging.val_interval == 0 or slot >= total_steps or step >= limit:
                     samples_s = seen / max(epoch_s, 1e-9)  # this epoch's training, no validation
-                    metrics = validate(raw_model, val_loader, dev, amp, info)
+                    metrics = validate(raw_model, val_loader, dev, amp, info, val_inputs)
                     elapsed = round(elapsed_before + time.monotonic() - started, 1)  # training wall time
                     history.append({"step": step, "epoch": done, "elapsed_s": elapsed, **metrics,
                                     "samples_s": round(samples_s, 2), "peak_gib": round(peak_memory_gib(dev), 3)})
@@ -478,7 +529,7 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
                         for k, v in metrics.items():
                             writer.add_scalar(f"val/{k}", v, step)
                         _write_metrics_csv(out / "metrics.csv", history)
-                        _log_slices(writer, raw_model, val_ds, dev, amp, step)
+                        _log_slices(writer, raw_model, val_ds, dev, amp, step, val_inputs)
                         log.info("epoch %d: val %s", done, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
                     if metrics["psnr"] > best:
                         best = metrics["psnr"]
@@ -512,15 +563,16 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
 
 
 @torch.no_grad()
-def _log_slices(writer, model, ds, dev, amp, step: int) -> None:
+def _log_slices(writer, model, ds, dev, amp, step: int, inputs) -> None:
     """Mid-plane slices of ground truth and prediction of the first val case, side by side."""
-    item = ds[0]
-    xrays = torch.cat([item["pa"], item["lat"]], 0)[None].to(dev)
+    from torch.utils.data import default_collate
+
+    xrays, ct, geometry = inputs(default_collate([ds[0]]))
     model.eval()
     with amp:
-        pred = model(xrays)["volume"].float().clamp(0, 1)[0, 0].cpu()
+        pred = run_model(model, xrays, geometry)["volume"].float().clamp(0, 1)[0, 0].cpu()
     model.train()
-    gt = item["ct"][0]
+    gt = ct[0, 0].cpu()
     n = gt.shape[0] // 2
     for plane, sl in (("axial", (n, slice(None), slice(None))), ("coronal", (slice(None), n, slice(None))),
                       ("sagittal", (slice(None), slice(None), n))):

@@ -67,12 +67,31 @@ class GeometryLifting(nn.Module):
         The volume grid and the number of views must stay; view names may change (pa -> ap).
         """
         if hasattr(self, "geometry"):
-            old = self.geometry
-            if geometry.volume_shape != old.volume_shape or geometry.voxel_mm != old.voxel_mm:
-                raise ValueError(f"geometry volume {geometry.volume_shape} x {geometry.voxel_mm} mm differs from "
-                                 f"the model's {old.volume_shape} x {old.voxel_mm} mm")
-            if len(geometry.views) != len(old.views):
-                raise ValueError(f"geometry has views {geometry.views}; the model takes {len(old.views)} ({old.views})")
+            self.check_geometry(geometry)
+        coords, depth = self._project(geometry)
+        device = self.sample_grid.device
+        # Non-persistent: derived from the geometry, rebuilt on construction, not saved.
+        self.sample_grid = coords.float().to(device)  # (V, G, G, G, 2)
+        self.depth = depth.float().to(device)  # (V, G, G, G)
+        self.geometry, self.views = geometry, geometry.views
+        self._coords64 = coords  # (V, G, G, G, 2), for the interpolation matrices
+        self._matrices: dict = {}  # (h, w, device, dtype) -> per view (rows (G, G, h), cols (G, G, w))
+
+    def check_geometry(self, geometry: Geometry) -> None:
+        """A geometry the model can lift with: the same volume grid and the views on the same
+        axes (pa or ap in the frontal slot, lat or rl in the lateral one)."""
+        old = self.geometry
+        if geometry.volume_shape != old.volume_shape or geometry.voxel_mm != old.voxel_mm:
+            raise ValueError(f"geometry volume {geometry.volume_shape} x {geometry.voxel_mm} mm differs from "
+                             f"the model's {old.volume_shape} x {old.voxel_mm} mm")
+        if len(geometry.views) != len(old.views):
+            raise ValueError(f"geometry has views {geometry.views}; the model takes {len(old.views)} ({old.views})")
+        for new, own in zip(geometry.views, old.views):
+            if get_view(new).depth_axis != get_view(own).depth_axis:
+                raise ValueError(f"geometry views {geometry.views} do not lie on the axes of the model's {old.views}")
+
+    def _project(self, geometry: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the cell centres project: grid_sample coords (V, G, G, G, 2) and depth (V, G, G, G), float64."""
         grid = self.grid
         centers = geometry.scaled((grid, grid, grid)).voxel_centers_mm(dtype=torch.float64)  # (G, G, G, 3)
         coords, depths = [], []
@@ -81,35 +100,39 @@ class GeometryLifting(nn.Module):
             row, col, depth = geometry.project_points(centers, view)  # each (G, G, G)
             coords.append(geometry.detector_to_grid(row, col, align_corners=False))  # (G, G, G, 2)
             depths.append(depth)
-        device = self.sample_grid.device
-        # Non-persistent: derived from the geometry, rebuilt on construction, not saved.
-        self.sample_grid = torch.stack(coords).float().to(device)  # (V, G, G, G, 2)
-        self.depth = torch.stack(depths).float().to(device)  # (V, G, G, G)
-        self.geometry, self.views = geometry, geometry.views
-        self._coords64 = torch.stack(coords)  # (V, G, G, G, 2), for the interpolation matrices
-        self._matrices: dict = {}  # (h, w, device, dtype) -> per view (rows (G, G, h), cols (G, G, w))
+        return torch.stack(coords), torch.stack(depths)
+
+    @staticmethod
+    def _weights(coords: torch.Tensor, views, h: int, w: int, like: torch.Tensor) -> list:
+        """coords (V, G, G, G, 2) -> per view: rows (G_depth, G_d, h) and cols (G_depth, G_col, w)."""
+        out = []
+        for v, view in enumerate(views):
+            spec = get_view(view)
+            # index the (G, G, G) coordinate fields by (depth, d) and (depth, col) only: the
+            # row does not change along col_axis, nor the column along d
+            grid = coords[v].movedim((spec.depth_axis, 0, spec.col_axis), (0, 1, 2))  # (z, d, c, 2)
+            rows = tent_weights(grid[:, :, 0, 1], h)  # (z, d, h)
+            cols = tent_weights(grid[:, 0, :, 0], w)  # (z, c, w)
+            out.append((rows.to(like.device, like.dtype), cols.to(like.device, like.dtype)))
+        return out
 
     def _interpolation(self, h: int, w: int, like: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per view: rows (G_depth, G_d, h) and cols (G_depth, G_col, w) bilinear weights."""
         key = (h, w, like.device, like.dtype)
         if key not in self._matrices:
-            out = []
-            for v, view in enumerate(self.views):
-                spec = get_view(view)
-                # index the (G, G, G) coordinate fields by (depth, d) and (depth, col) only: the
-                # row does not change along col_axis, nor the column along d
-                grid = self._coords64[v].movedim((spec.depth_axis, 0, spec.col_axis), (0, 1, 2))  # (z, d, c, 2)
-                rows = tent_weights(grid[:, :, 0, 1], h)  # (z, d, h)
-                cols = tent_weights(grid[:, 0, :, 0], w)  # (z, c, w)
-                out.append((rows.to(like.device, like.dtype), cols.to(like.device, like.dtype)))
-            self._matrices[key] = out
+            self._matrices[key] = self._weights(self._coords64, self.views, h, w, like)
         return self._matrices[key]
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features (B, V, C, h, w) covering each view's detector -> (B, V, C, G, G, G)."""
+    def forward(self, features: torch.Tensor, geometry: Sequence[Geometry] | None = None) -> torch.Tensor:
+        """features (B, V, C, h, w) covering each view's detector -> (B, V, C, G, G, G).
+
+        geometry: one Geometry per sample (its own acquisition; built fresh each call, nothing
+        cached), or None: the model's own (`set_geometry`)."""
         B, V, C = features.shape[:3]
         if V != len(self.views):
             raise ValueError(f"expected {len(self.views)} views {self.views}, got features {tuple(features.shape)}")
+        if geometry is not None:
+            return self._lift_per_sample(features, geometry)
         G = self.grid
         if self.mode == "nearest":
             # grid_sample is 2D: sample a (G, G*G) "image" of points per view.
@@ -127,6 +150,34 @@ class GeometryLifting(nn.Module):
             x = features[:, v].reshape(B * C, h, w) @ cols.reshape(z * k, w).t()  # (B*C, h, z*k)
             x = x.view(B * C, h, z, k).permute(2, 1, 0, 3).reshape(z, h, B * C * k)  # (z, h, B*C*k)
             x = torch.bmm(rows, x).view(z, d, B, C, k).permute(2, 3, 0, 1, 4)  # (B, C, z, d, col)
+            lifted.append(x.movedim((2, 3, 4), (2 + spec.depth_axis, 2, 2 + spec.col_axis)))  # (B, C, G, G, G)
+        return torch.stack(lifted, dim=1)
+
+    def _lift_per_sample(self, features: torch.Tensor, geometries: Sequence[Geometry]) -> torch.Tensor:
+        """forward with geometries[b] for sample b: the same two matmuls, batched over samples."""
+        B, V, C, h, w = features.shape
+        G = self.grid
+        if len(geometries) != B:
+            raise ValueError(f"{len(geometries)} geometries for a batch of {B}")
+        for g in geometries:
+            self.check_geometry(g)
+        coords = torch.stack([self._project(g)[0] for g in geometries])  # (B, V, G, G, G, 2), float64
+        if self.mode == "nearest":
+            grid = coords.reshape(B * V, G, G * G, 2).to(features.device, features.dtype)
+            out = F.grid_sample(
+                features.flatten(0, 1), grid, mode=self.mode, padding_mode="zeros", align_corners=False
+            )  # (B*V, C, G, G*G)
+            return out.view(B, V, C, G, G, G)
+        weights = [self._weights(c, g.views, h, w, features) for c, g in zip(coords, geometries)]
+        lifted = []
+        for v in range(V):
+            spec = get_view(self.views[v])  # every geometry's view in this slot lies on the same axes
+            rows = torch.stack([wb[v][0] for wb in weights])  # (B, z, d, h)
+            cols = torch.stack([wb[v][1] for wb in weights])  # (B, z, k, w)
+            z, d, k = rows.shape[1], rows.shape[2], cols.shape[2]
+            x = features[:, v].reshape(B, C * h, w) @ cols.reshape(B, z * k, w).transpose(1, 2)  # (B, C*h, z*k)
+            x = x.view(B, C, h, z, k).permute(0, 3, 2, 1, 4).reshape(B * z, h, C * k)  # (B*z, h, C*k)
+            x = torch.bmm(rows.reshape(B * z, d, h), x).view(B, z, d, C, k).permute(0, 3, 1, 2, 4)  # (B, C, z, d, k)
             lifted.append(x.movedim((2, 3, 4), (2 + spec.depth_axis, 2, 2 + spec.col_axis)))  # (B, C, G, G, G)
         return torch.stack(lifted, dim=1)
 
@@ -291,8 +342,8 @@ class LiftedSkip(nn.Module):
         self.norm = nn.BatchNorm2d(views * out_ch)
         self.lifting = GeometryLifting(geometry, side)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features (B, V, C_in, h, w) -> (B, out_ch, r, r, r)."""
+    def forward(self, features: torch.Tensor, geometry: Sequence[Geometry] | None = None) -> torch.Tensor:
+        """features (B, V, C_in, h, w), optional per-sample geometries -> (B, out_ch, r, r, r)."""
         B, V, _, h, w = features.shape
         x = self.norm(self.project(features.flatten(1, 2))).view(B, V, -1, h, w)  # (B, V, out_ch, h, w)
-        return self.lifting(x).sum(dim=1)
+        return self.lifting(x, geometry).sum(dim=1)

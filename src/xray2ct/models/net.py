@@ -161,17 +161,27 @@ class XRay2CT(nn.Module):
         }
         return {k: v for k, v in parts.items() if v is not None}
 
-    def forward(self, xrays: torch.Tensor) -> dict:
+    def forward(self, xrays: torch.Tensor, geometry: Sequence[Geometry] | None = None) -> dict:
         """xrays (B, 2, S, S) -> {"volume" (B, 1, N, N, N) in [0, 1], "log_var" (B, 1, N, N, N),
-        "priors": dict (see LearnableDepthPriors.forward)}."""
+        "priors": dict (see LearnableDepthPriors.forward)}.
+
+        geometry: one Geometry per sample (each film's own acquisition, e.g. views ("ap", "lat")),
+        or None: the model's own geometry (`set_geometry`)."""
         views, s = len(self.lifting.views), self.xray_size
         if xrays.ndim != 4 or xrays.shape[1] != views or tuple(xrays.shape[-2:]) != (s, s):
             raise ValueError(
                 f"expected X-rays (B, {views}, {s}, {s}) ({'/'.join(self.lifting.views)} views, "
                 f"model.xray_img_size {s}), got {tuple(xrays.shape)}"
             )
+        if geometry is not None:
+            geometry = list(geometry)
+            if len(geometry) != xrays.shape[0]:
+                raise ValueError(f"{len(geometry)} geometries for a batch of {xrays.shape[0]} X-ray pairs")
+            for g in geometry:
+                if g.det_shape != (s, s):
+                    raise ValueError(f"geometry detector {g.det_shape} is not the model's {s}x{s} X-ray size")
         enc = self.encoder(xrays)
-        lifted = self.lifting(enc.features[-1])  # (B, V, C, G, G, G)
+        lifted = self.lifting(enc.features[-1], geometry)  # (B, V, C, G, G, G)
         lifted, priors = self.priors(lifted, self.lifting.depth, enc.descriptors[-1])
         volume = self.view_fusion(lifted)  # (B, dim, G, G, G)
         cond = self.conditioning(enc.descriptors) if self.conditioning is not None else None
@@ -181,7 +191,7 @@ class XRay2CT(nn.Module):
             tokens = self.fusion(tokens, grid_to_tokens(self.cnn(volume)))
         grid = tokens_to_grid(tokens, (self.grid,) * 3)  # (B, G³, dim) -> (B, dim, G, G, G)
         skips = [] if self.skips is None else [
-            skip(enc.features[src]) for skip, src in zip(self.skips, self.skip_sources)
+            skip(enc.features[src], geometry) for skip, src in zip(self.skips, self.skip_sources)
         ]  # per decoder stage (B, C_s, r, r, r)
         out, log_var = self.decoder(grid, cond, skips)
         return {"volume": out, "log_var": log_var, "priors": priors}

@@ -1,0 +1,45 @@
+"""The films of a training or validation step rendered on the training device
+(`data.acquisition.render`), at acquisitions that are pure functions of their sample.
+
+Training: sample `index` of epoch `e` is filmed at `sample_acquisition(seed, e, index)`, film
+style and view dropout included, so a resumed run replays the same films. Validation: a fixed
+set, the same every epoch so its numbers compare across epochs: even-numbered cases at the
+nominal geometry, odd-numbered ones at a random acquisition drawn with VAL_SEED; plain DRRs
+(no film style, no dropout), as the stored-DRR validation had.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from xray2ct.data.acquisition_sampler import FilmAcquisition, sample_acquisition
+from xray2ct.data.render import make_renderer
+
+VAL_SEED = 7_777_777  # validation acquisitions: fixed, apart from every training seed's stream
+
+
+class RenderedInputs:
+    """batch {"field", "ct", "index"} -> (xrays (B, 2, S, S), ct (B, 1, N, N, N), B geometries) on `device`."""
+
+    def __init__(self, cfg, device: torch.device, train: bool):
+        self.cfg, self.device, self.train, self.epoch = cfg, device, train, 0
+        self.renderer = make_renderer(cfg, augment=train and cfg.data.augment)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def acquisition(self, index: int) -> FilmAcquisition:
+        cfg = self.cfg
+        a, g = cfg.data.acquisition, cfg.geometry
+        if self.train:
+            return sample_acquisition(a, g, cfg.training.seed, self.epoch, index, cfg.data.view_dropout)
+        if index % 2 == 0:
+            return FilmAcquisition(True, "pa", g.source_iso_mm, g.source_det_mm, None)
+        return sample_acquisition(dataclasses.replace(a, nominal_fraction=0.0), g, VAL_SEED, 0, index)
+
+    def __call__(self, batch: dict):
+        acquisitions = [self.acquisition(int(i)) for i in batch["index"]]
+        fields = batch["field"].to(self.device, non_blocking=True)
+        xrays, geometries = self.renderer.render(fields, acquisitions)
+        return xrays, batch["ct"].to(self.device, non_blocking=True), geometries
