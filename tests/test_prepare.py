@@ -125,12 +125,13 @@ def test_make_phantom_dataset_resumes_and_seeds_differ(tmp_path, monkeypatch):
     real = module.chest_phantom
     calls = []
 
-    def counting(size, seed, fov_mm=320.0):
+    def counting(size, seed, fov_mm=320.0, version=2):
         calls.append(seed)
-        return real(size, seed, fov_mm=fov_mm)
+        return real(size, seed, fov_mm=fov_mm, version=version)
 
     stand_in = types.ModuleType("xray2ct.data.phantoms")
     stand_in.chest_phantom = counting
+    stand_in.VERSIONS = module.VERSIONS
     monkeypatch.setitem(__import__("sys").modules, "xray2ct.data.phantoms", stand_in)
 
     ids = make_phantom_dataset(tmp_path / "a", n=3, size=32, seed=0, xray_size=32, progress=False)

@@ -66,12 +66,15 @@ def projector_suite(device: str = "cpu", sizes=(64, 128, 256), det: int = 256, q
 
 
 def data_suite(size: int = 64, n: int = 5) -> SuiteResult:
-    """Phantom generation speed (one process)."""
-    from xray2ct.data.phantoms import chest_phantom
+    """Phantom generation speed per generator version (one process)."""
+    from xray2ct.data.phantoms import VERSIONS, chest_phantom
 
-    t = time_fn(lambda: chest_phantom(size=size, seed=1), warmup=1, repeats=n)
-    return SuiteResult(table(["phantom size", "ms per phantom", "phantoms / s"],
-                             [[f"{size}³", str(t), f"{1e3 / t.median_ms:.1f}"]]), {size: t})
+    rows, data = [], {}
+    for version in VERSIONS:
+        t = time_fn(lambda: chest_phantom(size=size, seed=1, version=version), warmup=1, repeats=n)
+        rows.append([f"v{version}", f"{size}³", str(t), f"{1e3 / t.median_ms:.1f}"])
+        data[f"v{version}"] = {size: t}
+    return SuiteResult(table(["generator", "phantom size", "ms per phantom", "phantoms / s"], rows), data)
 
 
 def _fwd_bwd(module, x):

@@ -27,11 +27,18 @@ def phantoms(
     seed: int = typer.Option(0, help="Dataset seed; the same seed gives the same phantoms."),
     xray_size: int = typer.Option(256, min=16, help="DRR detector size in pixels."),
     workers: int = typer.Option(1, min=1, help="Processes writing cases in parallel (same dataset for any number)."),
+    version: int = typer.Option(2, "--version", help="Phantom generator: 1 (one tidy torso, the bundled weights' "
+                                "data) or 2 (adult habitus, arms, scan coverage, table, contrast, disease)."),
 ):
     """Generate procedural chest phantoms with their PA and lateral DRRs, plus splits.json."""
+    from xray2ct.data.phantoms import VERSIONS
     from xray2ct.data.prepare import make_phantom_dataset
 
-    ids = make_phantom_dataset(out, n=n, size=size, seed=seed, xray_size=xray_size, progress=True, workers=workers)
+    if version not in VERSIONS:
+        raise typer.BadParameter(f"{version} is not a phantom version; valid: {', '.join(map(str, VERSIONS))}",
+                                 param_hint="--version")
+    ids = make_phantom_dataset(out, n=n, size=size, seed=seed, xray_size=xray_size, progress=True, workers=workers,
+                               version=version)
     console.print(f"[green]{len(ids)} phantoms[/green] in {out} (splits in {out / 'splits.json'})")
 
 

@@ -31,16 +31,21 @@ SEED_STRIDE = 100003  # prime > any dataset size: datasets from different seeds 
 
 def make_phantom_dataset(out: str | os.PathLike, n: int = 200, size: int = 64, seed: int = 0,
                          xray_size: int = 256, progress: bool = True, fov_mm: float = 320.0,
-                         workers: int = 1) -> list[str]:
+                         workers: int = 1, version: int = 2) -> list[str]:
     """Write n synthetic chest phantoms (ids phantom_0000, ...) under out; returns the ids.
 
     workers > 1 writes cases in that many processes; each case depends only on its own
-    seed, so the dataset is the same for any number of workers.
+    seed, so the dataset is the same for any number of workers. version: the phantom
+    generator (`xray2ct.data.phantoms.VERSIONS`).
     """
+    from xray2ct.data.phantoms import VERSIONS
+
     if n < 1 or size < 8 or workers < 1:
         raise ValueError(f"need n >= 1, size >= 8 and workers >= 1, got n={n}, size={size}, workers={workers}")
+    if version not in VERSIONS:
+        raise ValueError(f"unknown phantom version {version!r}; valid: {', '.join(map(str, VERSIONS))}")
     ids = [f"phantom_{i:04d}" for i in range(n)]
-    todo = [(out, case_id, size, seed * SEED_STRIDE + i, fov_mm, xray_size)
+    todo = [(out, case_id, size, seed * SEED_STRIDE + i, fov_mm, xray_size, version)
             for i, case_id in enumerate(ids) if not case_complete(out, case_id)]
     bar = tqdm(total=n, initial=n - len(todo), desc="phantoms", unit="case", disable=not progress)
     if workers == 1 or len(todo) < 2:
@@ -63,10 +68,11 @@ def make_phantom_dataset(out: str | os.PathLike, n: int = 200, size: int = 64, s
     return ids
 
 
-def _write_phantom(out, case_id: str, size: int, phantom_seed: int, fov_mm: float, xray_size: int) -> None:
+def _write_phantom(out, case_id: str, size: int, phantom_seed: int, fov_mm: float, xray_size: int,
+                   version: int) -> None:
     from xray2ct.data.phantoms import chest_phantom
 
-    hu = chest_phantom(size, phantom_seed, fov_mm=fov_mm)
+    hu = chest_phantom(size, phantom_seed, fov_mm=fov_mm, version=version)
     write_case(out, case_id, hu, (fov_mm / size,) * 3, xray_size=xray_size)
 
 

@@ -1,8 +1,13 @@
 """Procedural chest CT phantoms: HU volumes (and tissue labels) with random anatomy.
 
-Modules: `tissues` (labels, HU tables), `shapes` (signed distances in mm), `canvas` (the
-grid, partial-volume painting, batched tubes), `v1` (the first generator, kept byte-identical
-per seed).
+`chest_phantom(size, seed, version=2)`; version 1 is the first generator (one tidy torso,
+the bundled weights' data, byte-identical per seed), version 2 the default (adult habitus,
+arms, scan coverage, couch, contrast, chambers, abdomen, disease, devices).
+
+Modules, bottom-up: `tissues` (labels, HU tables), `shapes` (signed distances in mm),
+`canvas` (the grid, partial-volume painting, batched tubes), `v1`; v2's `params` (the
+distribution), `habitus` (outline, landmarks), `limbs`, `lungs`, `mediastinum`, `abdomen`,
+`spine`, `ribs`, `disease`, `coverage` (scan range, reconstruction circle, couch), `v2`.
 """
 from __future__ import annotations
 
@@ -12,16 +17,18 @@ import numpy as np
 
 from .canvas import margins
 from .tissues import Tissue
+from .params import PhantomParamsV2
 from .v1 import PhantomParams, chest_phantom_v1
+from .v2 import chest_phantom_v2
 
-GENERATORS = {1: chest_phantom_v1}
+GENERATORS = {1: chest_phantom_v1, 2: chest_phantom_v2}
 VERSIONS = tuple(GENERATORS)
 
-__all__ = ["GENERATORS", "PhantomParams", "Tissue", "VERSIONS", "chest_phantom", "phantoms_per_second"]
+__all__ = ["GENERATORS", "PhantomParams", "PhantomParamsV2", "Tissue", "VERSIONS", "chest_phantom", "phantoms_per_second"]
 
 
 def chest_phantom(size: int = 64, seed: int = 0, fov_mm: float = 320.0, return_labels: bool = False,
-                  version: int = 1, margin=0):
+                  version: int = 2, margin=0):
     """A random chest CT phantom in HU.
 
     Args:
@@ -48,7 +55,7 @@ def chest_phantom(size: int = 64, seed: int = 0, fov_mm: float = 320.0, return_l
     return (hu, lab) if return_labels else hu
 
 
-def phantoms_per_second(size: int = 64, n: int = 5, version: int = 1) -> float:
+def phantoms_per_second(size: int = 64, n: int = 5, version: int = 2) -> float:
     """Phantoms generated per second at `size`³ on this machine (one warm-up call first)."""
     chest_phantom(size=size, seed=0, version=version)
     t0 = time.perf_counter()

@@ -1,0 +1,52 @@
+"""Chest phantoms v2: a distribution meant to cover adult chest CTs as `xray2ct prepare`
+cuts them (habitus and sex, arms up or down, scan range, reconstruction circle, couch,
+contrast, heart chambers and great vessels, two domes and the upper abdomen, lung disease,
+rare devices). The same painting machinery as v1 (`canvas`, `shapes`): analytic shapes in
+mm with partial-volume edges, so one seed gives the same anatomy at any resolution, and a
+grid with a margin holds the margin-free grid exactly in its centre.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import abdomen, coverage, disease, habitus, limbs, lungs, mediastinum, ribs, spine
+from .canvas import Canvas
+from .params import PhantomParamsV2
+from .tissues import TEXTURE_HU_V2, Tissue
+
+
+def chest_phantom_v2(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
+    """(hu, labels), each (size + 2 md, size + 2 mh, size + 2 mw): see `chest_phantom`."""
+    rng = np.random.default_rng(seed)
+    p = PhantomParamsV2.draw(rng)
+    b = habitus.Body(p)
+    # Every random draw happens before painting, so the anatomy does not depend on the grid.
+    vessels = lungs.vessel_segments(rng, b)
+    pockets = abdomen.colon_pockets(rng, b)
+    lesions = disease.draw_lesions(rng, b)
+    texture_rng = np.random.default_rng(rng.integers(2**63))
+    cv = Canvas(size, fov_mm, p.rotation_deg, p.shift_mm, margin)
+    hu = p.hu
+    coverage.paint_table(cv, b, hu)
+    limbs.paint_arms(cv, b, hu)
+    habitus.paint_body(cv, b, hu)
+    abdomen.paint_abdomen(cv, b, hu, pockets)
+    mediastinum.paint_mediastinal_fat(cv, b, hu)
+    lung = lungs.paint_lungs(cv, b, hu, emphysema="emphysema" in p.diseases)
+    lungs.paint_vessels(cv, b, hu, vessels, lung)
+    lungs.paint_airways(cv, b, hu)
+    disease.paint_disease(cv, b, hu, lesions, lung)
+    heart = mediastinum.Heart(b)
+    mediastinum.paint_heart(cv, b, hu, heart)
+    mediastinum.paint_great_vessels(cv, b, hu, heart)
+    spine.paint_spine(cv, b, hu)
+    ribs.paint_ribs_and_sternum(cv, b, hu)
+    limbs.paint_arm_bones(cv, b, hu)
+    disease.paint_devices(cv, b, hu, heart)
+    amp = np.zeros(len(Tissue), np.float32)
+    for t, a in TEXTURE_HU_V2.items():
+        amp[t] = a
+    cv.hu += amp[cv.lab] * cv.texture(texture_rng)
+    coverage.truncate(cv, b)
+    np.clip(cv.hu, -1024.0, 3071.0, out=cv.hu)
+    return cv.hu, cv.lab
