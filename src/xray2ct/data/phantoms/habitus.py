@@ -35,13 +35,15 @@ class Body:
         chest = smoothstep((z - self.shoulder_z) / 120.0)  # the upper chest is narrower
         belly = smoothstep((z - self.dome_r) / 80.0)
         aw = self.aw * (0.88 + 0.12 * chest)
-        ant = self.ah * (0.9 + 0.1 * chest) * (1 + (p.belly - 1) * belly)
-        post = self.ah * (0.9 + 0.1 * chest) * p.back_flat
+        ant = self.ah * (0.9 + 0.1 * chest)
+        post = ant * p.back_flat
+        # Centre the chest's box on y = 0 (as `prepare` centres the body); the neck lies
+        # posterior; a belly bulges forward only.
+        cy = 0.5 * (ant - post) * (1 - neck) + 15.0 * neck
+        ant = ant * (1 + (p.belly - 1) * belly)
         aw = aw + (p.neck[1] - aw) * neck
         ant = ant + (p.neck[0] - ant) * neck
         post = post + (p.neck[0] - post) * neck
-        # Centre the torso's box on y = 0 (as `prepare` centres the body); the neck lies posterior.
-        cy = 0.5 * (ant - post) + 15.0 * neck
         return cy, ant, post, aw
 
     def fat(self, z):

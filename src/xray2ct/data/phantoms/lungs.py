@@ -37,8 +37,8 @@ def lung_sd(b: Body, z, y, x, side: float, shared=None):
     # The upper mediastinum (trachea, great vessels) is wider than the space in front of the heart.
     med = b.p.mediastinum_mm + 12.0 * smoothstep((b.carina_z + 15.0 - z) / 40.0)
     cy, _, post, cw = (float(v) for v in b.cavity(b.dome_r))
-    dome = ellipse_sd((z - (b.apex_z + 240.0), y - cy, x - side * 0.35 * cw), (240.0, post + 10.0, 0.72 * cw),
-                      amin=0.72 * cw)
+    dome = ellipse_sd((z - (b.apex_z + 240.0), y - cy, x - side * 0.3 * cw), (240.0, post + 10.0, 0.8 * cw),
+                      amin=0.8 * cw)
     return np.maximum(np.maximum(shared, dome), med - side * x)
 
 
