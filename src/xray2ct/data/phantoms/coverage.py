@@ -21,7 +21,7 @@ def back_y(b: Body) -> float:
     y = float(np.max(cy + post + b.fat(zs)))
     if not b.p.arms_up:
         y = max(y, max(b.p.arm_y) + b.p.arm_r)
-    return y + b.p.shift_mm[1]
+    return y + b.p.shift_mm[1] + b.centring_shift()
 
 
 def paint_table(cv: Canvas, b: Body, hu):

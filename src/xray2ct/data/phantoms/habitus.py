@@ -46,6 +46,16 @@ class Body:
         post = post + (p.neck[0] - post) * neck
         return cy, ant, post, aw
 
+    def centring_shift(self) -> float:
+        """y offset that centres the body's antero-posterior box (breasts and belly included)
+        on the cube, as `prepare` does with a real CT's body."""
+        zs = np.linspace(-self.p.scan_len / 2, self.p.scan_len / 2, 33)
+        cy, ant, post, _ = self.lean(zs)
+        front = cy - ant - self.fat(zs)
+        front = min(float(front.min()), float(self.front_y(self.apex_z + 160.0)) - self.p.breast[0])
+        back = float((cy + post + self.fat(zs)).max())
+        return -0.5 * (front + back)
+
     def fat(self, z):
         """Subcutaneous fat thickness at z (thinner over the neck)."""
         return self.p.fat_mm * (1 - 0.6 * smoothstep((self.shoulder_z - z) / 45.0))

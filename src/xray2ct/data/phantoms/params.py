@@ -108,7 +108,7 @@ class PhantomParamsV2:
         dome_drop = float(np.clip(rng.normal(15.0, 9.0), -10.0, 35.0))
         contrast = u(150.0, 350.0) if u() < 0.5 else 0.0
         n_dis = 0 if u() > 0.3 else 1 + int(u() < 0.35)
-        diseases = tuple(rng.choice(DISEASES, size=n_dis, replace=False)) if n_dis else ()
+        diseases = tuple(str(d) for d in rng.choice(DISEASES, size=n_dis, replace=False)) if n_dis else ()
         device = u() < 0.05
         pacemaker = bool(device and u() < 0.6)
         arms_up = bool(u() < 0.7)

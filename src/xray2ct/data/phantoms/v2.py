@@ -25,7 +25,8 @@ def chest_phantom_v2(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
     pockets = abdomen.colon_pockets(rng, b)
     lesions = disease.draw_lesions(rng, b)
     texture_rng = np.random.default_rng(rng.integers(2**63))
-    cv = Canvas(size, fov_mm, p.rotation_deg, p.shift_mm, margin)
+    shift = (p.shift_mm[0], p.shift_mm[1] + b.centring_shift(), p.shift_mm[2])
+    cv = Canvas(size, fov_mm, p.rotation_deg, shift, margin)
     hu = p.hu
     coverage.paint_table(cv, b, hu)
     limbs.paint_arms(cv, b, hu)
