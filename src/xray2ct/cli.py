@@ -211,6 +211,9 @@ def reconstruct(
     lat_pixel_mm: Optional[float] = typer.Option(None, help="The lateral's detector pixel pitch, mm."),
     ap: bool = typer.Option(False, "--ap", help="The frontal film is AP (source anterior), not PA (else DICOM "
                             "ViewPosition or the sidecar's position)."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="With --device cuda: the network's forward is "
+                                     "compiled and replayed as CUDA graphs (pays off over a --batch; elsewhere "
+                                     "a warning and the plain forward)."),
 ):
     """Reconstruct a CT volume (HU) from a PA and a lateral X-ray, or from one of them.
 
@@ -229,7 +232,7 @@ def reconstruct(
         done = R.reconstruct_batch(batch, out, checkpoint=checkpoint, device=device, upscale=upscale, fmt=format_,
                                    overwrite=overwrite, uncertainty=uncertainty is not None,
                                    preview=preview is not None, progress=True, report=report is not None,
-                                   refine=refinement, acquisition=acquisition)
+                                   refine=refinement, acquisition=acquisition, cuda_graphs=cuda_graphs)
         console.print(f"written {len(done.done)}, skipped (exist; --overwrite to redo) {len(done.skipped)}, "
                       f"failed {len(done.failed)} -> {out}")
         if done.failed:
@@ -243,7 +246,7 @@ def reconstruct(
         raise typer.BadParameter("give --pa, --lat or both (or --batch DIR)", param_hint="--pa")
     path = R.reconstruct(pa, lat, out, checkpoint=checkpoint, uncertainty=uncertainty, preview=preview, device=device,
                          upscale=upscale, fmt=format_, overwrite=overwrite, report=report, refine=refinement,
-                         acquisition=acquisition)
+                         acquisition=acquisition, cuda_graphs=cuda_graphs)
     extras = [str(p) for p in (uncertainty, preview, report) if p is not None]
     console.print(f"[green]wrote[/green] {path}" + (f" (+ {', '.join(extras)})" if extras else ""))
 

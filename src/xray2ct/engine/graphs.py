@@ -1,5 +1,5 @@
 """CUDA graphs for the training step (`optimization.cuda_graphs`) and, through
-`with_cuda_graphs`, for any inference forward.
+`with_cuda_graphs`, for any inference forward (`xray2ct reconstruct --cuda-graphs`).
 
 On a GPU the optimized model is launch-bound: its kernels are small and many, and at
 batch 1-2 the GPU waits for Python to issue them (docs/BENCHMARKS.md, "GPU profile").
@@ -35,12 +35,16 @@ def cuda_graphs_unavailable(device: torch.device | str, distributed: bool = Fals
     return None
 
 
-def with_cuda_graphs(model: nn.Module, device: torch.device | str, distributed: bool = False) -> tuple[nn.Module, bool]:
+def with_cuda_graphs(model: nn.Module, device: torch.device | str, distributed: bool = False,
+                     setting: str = "optimization.cuda_graphs") -> tuple[nn.Module, bool]:
     """(model compiled to replay CUDA graphs, True), or (model unchanged, False) after one
-    warning naming the reason. Call `step_begin()` before each training step's forward."""
+    warning, prefixed with the `setting` that asked for graphs, naming the reason. In
+    training call `step_begin()` before each step's forward; an inference forward
+    (`reconstruct --cuda-graphs`) needs nothing more: the compiled module records on its
+    first calls and replays from then on, re-recording for a new input shape."""
     reason = cuda_graphs_unavailable(device, distributed)
     if reason is not None:
-        warnings.warn(f"optimization.cuda_graphs: {reason}; running without CUDA graphs", stacklevel=2)
+        warnings.warn(f"{setting}: {reason}; running without CUDA graphs", stacklevel=2)
         return model, False
     # fullgraph: a graph break would split the capture and bring the launches back
     return torch.compile(model, mode="reduce-overhead", fullgraph=True), True
