@@ -210,3 +210,15 @@ def test_cli_version(tmp_path):
         assert np.abs(hu - expected).max() <= 0.5  # saved as integer HU
     bad = runner.invoke(app, args + ["--out", str(tmp_path / "bad"), "--version", "7"])
     assert bad.exit_code != 0 and "valid: 1, 2" in bad.output
+
+
+def test_realism_measurements_and_report(tmp_path):
+    from xray2ct.data.phantoms.realism import measure, report
+
+    _, lab = phantom(32, 0, (4, 0, 4))
+    m = measure(lab, FOV / 32)
+    assert 1.0 < m["lung_l"] < 9.0 and 0.25 < m["ctr"] < 0.7
+    assert 200 < m["lat_mm"] < 520 and 150 < m["ap_mm"] < 330
+    result = report(n=2, size=16, images_dir=tmp_path)
+    assert "total lung volume" in result.markdown and "cardiothoracic ratio" in result.markdown
+    assert all(png.stat().st_size > 1000 for png in result.images) and len(result.images) == 2

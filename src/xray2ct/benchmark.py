@@ -282,10 +282,18 @@ def robustness_suite(device: str = "cpu", checkpoint=None, quick: bool = False, 
     return run(checkpoint, device, n=2 if quick else 8, quick=quick, images_dir=images_dir)
 
 
+def anatomy_suite(n: int = 200, size: int = 64, images_dir=None) -> SuiteResult:
+    """Realism of the phantom generators beside published adult ranges (`data.phantoms.realism`)."""
+    from xray2ct.data.phantoms.realism import report
+
+    return report(n=n, size=size, images_dir=images_dir)
+
+
 SUITES = {"projector": projector_suite, "data": data_suite, "components": components_suite, "model": model_suite,
-          "quality": quality_suite, "refine": refine_suite, "robustness": robustness_suite}
+          "quality": quality_suite, "refine": refine_suite, "robustness": robustness_suite,
+          "anatomy": anatomy_suite}
 # studies of the model on fresh phantoms (each tens of minutes on a CPU): run by name, not by "all"
-STUDIES = ("refine", "robustness")
+STUDIES = ("refine", "robustness", "anatomy")
 
 
 def run_suite(name: str, device: str = "cpu", quick: bool = False, images_dir: str | os.PathLike | None = None,
@@ -293,7 +301,7 @@ def run_suite(name: str, device: str = "cpu", quick: bool = False, images_dir: s
     """One suite at its default sizes, or tiny ones with quick=True (a smoke run).
 
     quality_options: quality_suite's keyword arguments (data_dir is required for "quality");
-        "refine" takes `checkpoint` from them.
+        "refine" takes `checkpoint` from them, "anatomy" `n` (phantoms per generator).
     """
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; valid: {', '.join(SUITES)}")
@@ -308,6 +316,9 @@ def run_suite(name: str, device: str = "cpu", quick: bool = False, images_dir: s
                                 heads=2 if quick else 8, repeats=2 if quick else 3, images_dir=images_dir)
     if name == "model":
         return model_suite(device, sizes=(16,) if quick else (32, 64), repeats=1 if quick else 3, memory=not quick)
+    if name == "anatomy":
+        return anatomy_suite(n=8 if quick else quality_options.get("n") or 200, size=32 if quick else 64,
+                             images_dir=images_dir)
     if name == "robustness":
         return robustness_suite(device, checkpoint=quality_options.get("checkpoint"), quick=quick,
                                 images_dir=images_dir)

@@ -1,0 +1,204 @@
+"""Realism report of the phantom generators (`xray2ct benchmark --suite anatomy`): the
+distribution of measurable anatomy over many phantoms beside published adult ranges, tissue
+HU, body composition, and a montage of PA DRRs beside mid-coronal slices.
+
+Measured on the labels at 64³ (5 mm voxels) with a 80 mm margin head–feet and left–right,
+so lungs and chest are measured whole where the 320 mm cube would cut them; the body
+fractions, HU and the montage use the cube the model sees. Not imported by the package
+(it needs torch and matplotlib).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import chest_phantom
+from .habitus import Body
+from .params import PhantomParamsV2
+from .tissues import Tissue
+
+SEED0 = 5_000_000  # phantom seeds of this report: apart from every dataset's and suite's
+MARGIN = 16  # voxels (d and w) around the cube for whole-organ measurements
+LUNGS = [Tissue.LUNG, Tissue.VESSEL, Tissue.LESION]
+BONE = [Tissue.CORTICAL, Tissue.CANCELLOUS]
+HU_TISSUES = [Tissue.LUNG, Tissue.FAT, Tissue.MUSCLE, Tissue.BLOOD, Tissue.HEART, Tissue.LIVER, Tissue.CANCELLOUS,
+              Tissue.CORTICAL]
+
+# (quantity, unit, published adult range as text, (lo, hi) for the "inside" share or None, source)
+REFERENCES = {
+    "lung_l": ("total lung volume", "L", "4–7 (TLC; CT at inspiration ~ 80–95 % of it)", (3.5, 7.5),
+               "Stocks & Quanjer, Eur Respir J 1995 (TLC reference equations)"),
+    "ctr": ("cardiothoracic ratio", "", "0.42–0.50 typical, < 0.5 normal", (0.38, 0.55),
+            "Danzer 1919; Truszkiewicz et al., Sci Rep 2021 (CTR on PA films)"),
+    "lat_mm": ("thoracic lateral diameter (skin)", "mm", "260–400 (adult 5th–95th pct.)", (260, 400),
+               "AAPM Report 204 (2011), adult lateral chest dimensions"),
+    "ap_mm": ("thoracic AP diameter (skin)", "mm", "180–300 (adult 5th–95th pct.)", (180, 300),
+              "AAPM Report 204 (2011), adult AP chest dimensions"),
+    "dome_mm": ("right dome minus left dome height", "mm", "+10…+25 typical; left higher in ~ 10 %", (0, 35),
+                "Felson, Chest Roentgenology (right hemidiaphragm 1–2.5 cm higher)"),
+    "lung_h_mm": ("lung apex to right dome", "mm", "170–250 at inspiration", (150, 260),
+                  "Kolar et al. 2009 (diaphragm excursion); chest CT atlases"),
+}
+HU_REFERENCE = {Tissue.LUNG: "−900…−700", Tissue.FAT: "−120…−80", Tissue.MUSCLE: "35…55",
+                Tissue.BLOOD: "35…50 (contrast 150–350)", Tissue.HEART: "35…55", Tissue.LIVER: "55…65 (portal 100–140)",
+                Tissue.CANCELLOUS: "150…400", Tissue.CORTICAL: "800…1200 at CT resolution"}
+
+
+def _run_through(mask_1d: np.ndarray, centre: int) -> int:
+    """Length (voxels) of the run of True in a 1-D mask that contains `centre` (0 if none)."""
+    if not mask_1d[centre]:
+        return 0
+    lo, hi = centre, centre
+    while lo > 0 and mask_1d[lo - 1]:
+        lo -= 1
+    while hi < len(mask_1d) - 1 and mask_1d[hi + 1]:
+        hi += 1
+    return hi - lo + 1
+
+
+def measure(lab: np.ndarray, vox: float) -> dict:
+    """Anatomy of one wide-field label volume (d, h, w) at `vox` mm."""
+    lung = np.isin(lab, LUNGS)
+    out = {"lung_l": lung.sum() * vox**3 / 1e6}
+    # CTR on the coronal projection: widest heart row over widest inner thorax (lungs) row.
+    heart = (lab == Tissue.HEART).any(1)  # (d, w)
+    rows = heart.any(1)
+    heart |= (lab == Tissue.BLOOD).any(1) & rows[:, None]  # chambers reaching the heart's border
+    width = lambda m: max((np.flatnonzero(r)[-1] - np.flatnonzero(r)[0] + 1 for r in m if r.any()), default=0)  # noqa: E731
+    out["ctr"] = width(heart) / max(width(lung.any(1)), 1)
+    # Skin diameters on the slice with the most lung, through the body's centre.
+    d = int(np.argmax(lung.sum((1, 2))))
+    body = ~np.isin(lab[d], [Tissue.AIR, Tissue.TABLE])  # (h, w)
+    h_c, w_c = (int(round(v)) for v in np.argwhere(body).mean(0))
+    out["lat_mm"] = _run_through(body[h_c], w_c) * vox
+    out["ap_mm"] = _run_through(body[:, w_c], h_c) * vox
+    return out
+
+
+def composition(lab: np.ndarray) -> dict:
+    """Shares of the body's voxels (cube; body = neither air nor table) that are lung, bone, soft."""
+    body = ~np.isin(lab, [Tissue.AIR, Tissue.TABLE])
+    n = max(int(body.sum()), 1)
+    lung = np.isin(lab, LUNGS + [Tissue.GAS]).sum() / n
+    bone = np.isin(lab, BONE).sum() / n
+    return {"body": body.mean(), "lung": lung, "bone": bone, "soft": 1 - lung - bone}
+
+
+def survey(version: int, n: int, size: int = 64, seed0: int = SEED0, hu_samples: int = 400) -> dict:
+    """Measurements of n phantoms: per-phantom dicts, HU samples per tissue, cubes for a montage."""
+    rng = np.random.default_rng(0)
+    vox = 320.0 / size
+    rows, comp, hu_by = [], [], {t: [] for t in HU_TISSUES}
+    cubes = []
+    for i in range(n):
+        seed = seed0 + i
+        hu, lab = chest_phantom(size, seed, return_labels=True, version=version, margin=(MARGIN, 0, MARGIN))
+        m = measure(lab, vox)
+        if version == 2:
+            b = Body(PhantomParamsV2.draw(np.random.default_rng(seed)))
+            m["dome_mm"] = b.dome_l - b.dome_r
+            m["lung_h_mm"] = b.dome_r - b.apex_z
+        rows.append(m)
+        crop = np.s_[MARGIN:MARGIN + size, :, MARGIN:MARGIN + size]
+        cube_hu, cube_lab = hu[crop], lab[crop]
+        comp.append(composition(cube_lab))
+        for t in HU_TISSUES:
+            v = cube_hu[cube_lab == t]
+            if len(v):
+                hu_by[t].append(rng.choice(v, min(hu_samples, len(v)), replace=False))
+        if i < 16:
+            cubes.append((seed, cube_hu, cube_lab))
+    return {"rows": rows, "comp": comp, "hu": {t: np.concatenate(v) if v else np.zeros(0) for t, v in hu_by.items()},
+            "cubes": cubes}
+
+
+def _pct(values) -> str:
+    v = np.asarray(values, np.float64)
+    p5, p50, p95 = np.percentile(v, [5, 50, 95])
+    digits = 2 if np.abs(p50) < 10 else 0
+    return f"{p50:.{digits}f} ({p5:.{digits}f}–{p95:.{digits}f})"
+
+
+def report(n: int = 200, size: int = 64, images_dir=None, device: str = "cpu"):
+    """Markdown tables (v2 beside v1 and the published ranges) and, with images_dir, the montage."""
+    from xray2ct.benchmark import SuiteResult
+
+    v2, v1 = survey(2, n, size), survey(1, n, size)
+    md = [f"{n} phantoms per generator (seeds {SEED0}+), {size}³ over 320 mm, measured as described in "
+          "`xray2ct.data.phantoms.realism`: median (5th–95th percentile).", "",
+          "| quantity | v2 | v1 | published adult range | inside (v2) | source |", "|---|---|---|---|---|---|"]
+    for key, (name, unit, ref, bounds, source) in REFERENCES.items():
+        a = [r[key] for r in v2["rows"]]
+        b = [r[key] for r in v1["rows"]] if key in v1["rows"][0] else None
+        inside = np.mean([(bounds[0] <= x <= bounds[1]) for x in a])
+        md.append(f"| {name}{f' ({unit})' if unit else ''} | {_pct(a)} | {_pct(b) if b else '—'} | {ref} | "
+                  f"{100 * inside:.0f} % | {source} |")
+    md += ["", "Shares of the body's voxels in the 320 mm cube (body: neither air nor table):", "",
+           "| share | v2 | v1 |", "|---|---|---|"]
+    for key in ("body", "lung", "soft", "bone"):
+        label = "cube that is body" if key == "body" else f"body that is {key}"
+        md.append(f"| {label} | {_pct([c[key] for c in v2['comp']])} | {_pct([c[key] for c in v1['comp']])} |")
+    md += ["", "HU per tissue label (voxels of the cube, partial-volume edges included):", "",
+           "| tissue | v2 | v1 | typical adult HU |", "|---|---|---|---|"]
+    for t in HU_TISSUES:
+        md.append(f"| {t.name.lower()} | {_pct(v2['hu'][t]) if len(v2['hu'][t]) else '—'} | "
+                  f"{_pct(v1['hu'][t]) if len(v1['hu'][t]) else '—'} | {HU_REFERENCE[t]} |")
+    result = SuiteResult("\n".join(md), {"v2": v2["rows"], "v1": v1["rows"]})
+    if images_dir is not None:
+        from pathlib import Path
+
+        Path(images_dir).mkdir(parents=True, exist_ok=True)
+        png = result.figure(images_dir, "phantoms-v2-montage", device,
+                            "16 v2 phantoms: PA DRR beside the mid-coronal slice")
+        montage(v2["cubes"], png, size)
+        png = result.figure(images_dir, "phantoms-v2-hu", device, "HU histograms per tissue, v2 vs v1")
+        hu_histograms(v2["hu"], v1["hu"], png)
+    return result
+
+
+def montage(cubes, png, size: int) -> None:
+    """4 × 4 phantoms, each as its PA DRR (as the model sees it) beside its mid-coronal slice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from xray2ct import Geometry, project
+    from xray2ct.physics.hu import hu_to_mu
+    from xray2ct.physics.radiograph import robust_normalize
+
+    g = Geometry(volume_shape=(size,) * 3, voxel_mm=320.0 / size, det_shape=(2 * size, 2 * size))
+    fig, axes = plt.subplots(4, 8, figsize=(16, 8.6))
+    for k, (seed, hu, _) in enumerate(cubes[:16]):
+        with torch.no_grad():
+            drr = robust_normalize(project(hu_to_mu(torch.from_numpy(np.ascontiguousarray(hu))[None, None]), g))
+        ax_drr, ax_cor = axes[k // 4, 2 * (k % 4)], axes[k // 4, 2 * (k % 4) + 1]
+        ax_drr.imshow(drr[0, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        ax_cor.imshow(hu[:, size // 2, :], cmap="gray", vmin=-1000, vmax=500)
+        ax_drr.set_title(f"seed {seed}: PA DRR", fontsize=8)
+        ax_cor.set_title("mid-coronal", fontsize=8)
+        for ax in (ax_drr, ax_cor):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+
+
+def hu_histograms(v2: dict, v1: dict, png) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 4, figsize=(14, 6))
+    for ax, t in zip(axes.ravel(), HU_TISSUES):
+        for values, name in ((v2[t], "v2"), (v1[t], "v1")):
+            if len(values):
+                ax.hist(values, bins=60, histtype="step", density=True, label=name)
+        ax.set_title(f"{t.name.lower()} (typical {HU_REFERENCE[t]})", fontsize=8)
+        ax.set_xlabel("HU")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
