@@ -287,6 +287,8 @@ def benchmark(
     config: Path = typer.Option(Path("configs/cpu-small.json"), help="quality: the optimized config the variants "
                                 "derive from."),
     runs: Path = typer.Option(Path("runs/quality"), help="quality: folder for the variants' runs (each replaced)."),
+    n: Optional[int] = typer.Option(None, "--n", min=1, help="anatomy (`--suite anatomy`, the phantoms' realism "
+                                    "report): phantoms per generator, default 200."),
 ):
     """Time the suites and write their tables (and figures) into docs/BENCHMARKS.md."""
     from xray2ct.benchmark import STUDIES, SUITES, run_suite, write_section
@@ -307,6 +309,8 @@ def benchmark(
         options = dict(data_dir=data, budget_s=budget, variants=variants, config=config, runs_dir=runs)
         options = options if name == "quality" else {"checkpoint": checkpoint} if name in ("refine", "robustness") \
             else {}
+        if name == "anatomy":
+            options = {"n": n}
         result = run_suite(name, device, quick=quick, images_dir=images, **options)
         Console().print(result.markdown)
         if out is not None:
