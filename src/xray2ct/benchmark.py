@@ -289,13 +289,6 @@ def anatomy_suite(n: int = 200, size: int = 64, images_dir=None) -> SuiteResult:
     return report(n=n, size=size, images_dir=images_dir)
 
 
-def anatomy_suite(n: int = 200, size: int = 64, images_dir=None) -> SuiteResult:
-    """Realism of the phantom generators beside published adult ranges (`data.phantoms.realism`)."""
-    from xray2ct.data.phantoms.realism import report
-
-    return report(n=n, size=size, images_dir=images_dir)
-
-
 SUITES = {"projector": projector_suite, "data": data_suite, "components": components_suite, "model": model_suite,
           "quality": quality_suite, "refine": refine_suite, "robustness": robustness_suite,
           "anatomy": anatomy_suite}
@@ -323,9 +316,6 @@ def run_suite(name: str, device: str = "cpu", quick: bool = False, images_dir: s
                                 heads=2 if quick else 8, repeats=2 if quick else 3, images_dir=images_dir)
     if name == "model":
         return model_suite(device, sizes=(16,) if quick else (32, 64), repeats=1 if quick else 3, memory=not quick)
-    if name == "anatomy":
-        return anatomy_suite(n=8 if quick else quality_options.get("n") or 200, size=32 if quick else 64,
-                             images_dir=images_dir)
     if name == "anatomy":
         return anatomy_suite(n=8 if quick else quality_options.get("n") or 200, size=32 if quick else 64,
                              images_dir=images_dir)
