@@ -88,7 +88,7 @@ def test_all_without_data_skips_quality_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "run_suite", lambda name, *a, **k: ran.append(name) or bench.SuiteResult(name))
     result = runner.invoke(app, ["benchmark", "--suite", "all", "--out", str(tmp_path / "B.md")])
     assert result.exit_code == 0, result.output
-    assert ran == ["projector", "data", "components", "model"]
+    assert ran == ["projector", "data", "loader", "components", "model"]
     assert "skipping suite quality" in result.output and "--data" in result.output
     result = runner.invoke(app, ["benchmark", "--suite", "quality", "--out", str(tmp_path / "B.md")])
     assert result.exit_code != 0 and "--data" in result.output

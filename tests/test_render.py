@@ -120,3 +120,17 @@ def test_nominal_films_are_the_stored_drrs():
     m = r.margin
     stored = render_drrs(fields[0, 0, m:-m, m:-m, m:-m].numpy(), (320.0 / N,) * 3, S)
     torch.testing.assert_close(x[0], torch.from_numpy(stored), atol=1e-6, rtol=0)
+
+
+def test_cut_samples_see_the_cube_alone():
+    """A `cut` film is the film of the cube with air around it, not of the wide field."""
+    r = make_renderer(CFG, augment=False)
+    fields = _fields(1)
+    m = r.margin
+    cube_only = torch.from_numpy(fit_field(fields[0, 0, m:-m, m:-m, m:-m].numpy(), N, m))[None, None]
+    a = FilmAcquisition(False, "pa", 1650.0, 1800.0, 430.0, (5.0, 0.0, -5.0), (2.0, 0.0, 1.0))
+    wide, _ = r.render(fields, [a])
+    cut, _ = r.render(fields, [dataclasses.replace(a, cut=True)])
+    padded, _ = r.render(cube_only, [a])
+    torch.testing.assert_close(cut, padded, atol=1e-6, rtol=0)
+    assert (cut - wide).abs().max() > 0.05

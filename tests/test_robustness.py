@@ -48,3 +48,23 @@ def test_render_gives_films_in_range():
     films, pitch = render(hu, 40.0, Point(1000.0, None, turn_deg=3.0), None)
     assert films.shape == (2, DETECTOR_PX, DETECTOR_PX) and 0 <= films.min() and films.max() <= 1
     assert pitch > 0
+
+
+def test_several_weights_share_one_table_with_their_own_nominal(monkeypatch, tmp_path):
+    import xray2ct.robustness as R
+
+    def fake(checkpoint, device, n, quick):
+        base = 29.0 if checkpoint == "new" else 28.0
+        points = [{"label": p.label(), "known_psnr": [base - 0.5 * i] * n, "assumed_psnr": [20.0] * n,
+                   "known_ssim": [0.9] * n, "assumed_ssim": [0.8] * n} for i, p in enumerate(grid(quick=True))]
+        return {"checkpoint": checkpoint, "size": 32, "xray_size": 128, "nominal": {"psnr": [base] * n, "ssim": [0.9] * n},
+                "points": points}
+
+    monkeypatch.setattr(R, "measure", fake)
+    result = R.robustness_suite(["old", "new"], n=2, quick=True, images_dir=tmp_path / "images")
+    md = result.markdown
+    assert "| acquisition | W1 known | W2 known | W1 − its nominal | W2 − its nominal |" in md
+    assert "| nominal (training-geometry DRRs) | 28.00 | 29.00 | 0.00 | 0.00 |" in md
+    assert "| 1800 mm, 430 mm, AP | 27.50 | 28.50 | -0.50 | -0.50 |" in md
+    assert "W1: `old`" in md and "goal met" in md
+    assert result.images and result.images[0].is_file()

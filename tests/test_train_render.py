@@ -53,3 +53,11 @@ def test_validation_acquisitions_are_fixed_half_nominal():
     val.set_epoch(5)
     assert first == [val.acquisition(i) for i in range(6)]
     assert [a.nominal for a in first] == [True, False] * 3 and all(a.dropped is None for a in first)
+
+
+def test_loader_suite_quick_measures_both_paths():
+    from xray2ct.benchmark import run_suite
+
+    result = run_suite("loader", quick=True)
+    assert result.data["ratio"] > 0 and "Rendered / stored training throughput" in result.markdown
+    assert {"stored", "rendered"} <= set(result.data)

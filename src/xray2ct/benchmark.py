@@ -282,6 +282,17 @@ def robustness_suite(device: str = "cpu", checkpoint=None, quick: bool = False, 
     return run(checkpoint, device, n=2 if quick else 8, quick=quick, images_dir=images_dir)
 
 
+def loader_suite(device: str = "cpu", quick: bool = False) -> SuiteResult:
+    """Training samples/s, films rendered per step vs stored DRRs (`xray2ct.loader_suite`)."""
+    from xray2ct.loader_suite import loader_suite as run
+
+    if quick:
+        from xray2ct.quality import QUICK_OVERRIDES
+
+        return run(device, n=4, repeats=2, overrides=QUICK_OVERRIDES)
+    return run(device)
+
+
 def anatomy_suite(n: int = 200, size: int = 64, images_dir=None) -> SuiteResult:
     """Realism of the phantom generators beside published adult ranges (`data.phantoms.realism`)."""
     from xray2ct.data.phantoms.realism import report
@@ -289,8 +300,8 @@ def anatomy_suite(n: int = 200, size: int = 64, images_dir=None) -> SuiteResult:
     return report(n=n, size=size, images_dir=images_dir)
 
 
-SUITES = {"projector": projector_suite, "data": data_suite, "components": components_suite, "model": model_suite,
-          "quality": quality_suite, "refine": refine_suite, "robustness": robustness_suite,
+SUITES = {"projector": projector_suite, "data": data_suite, "loader": loader_suite, "components": components_suite,
+          "model": model_suite, "quality": quality_suite, "refine": refine_suite, "robustness": robustness_suite,
           "anatomy": anatomy_suite}
 # studies of the model on fresh phantoms (each tens of minutes on a CPU): run by name, not by "all"
 STUDIES = ("refine", "robustness", "anatomy")
@@ -310,6 +321,8 @@ def run_suite(name: str, device: str = "cpu", quick: bool = False, images_dir: s
                                quick=quick)
     if name == "data":
         return data_suite(size=16 if quick else 64, n=2 if quick else 5)
+    if name == "loader":
+        return loader_suite(device, quick=quick)
     if name == "components":
         # 512, 4096 and 32768 tokens: the 16³ and 32³ token grids are where attention's cost shows
         return components_suite(device, grids=(2, 4) if quick else (8, 16, 32), dim=32 if quick else 256,

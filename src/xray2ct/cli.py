@@ -270,9 +270,10 @@ def info(
 
 @app.command()
 def benchmark(
-    suite: str = typer.Option("all", help="projector | data | components | model | quality | refine | robustness "
-                              "| all (the timing suites and quality; refine and robustness by name only)"),
-    checkpoint: Optional[Path] = typer.Option(None, help="refine, robustness: the model; default: bundled weights."),
+    suite: str = typer.Option("all", help="projector | data | loader | components | model | quality | refine | "
+                              "robustness | all (the timing suites and quality; refine and robustness by name only)"),
+    checkpoint: Optional[List[Path]] = typer.Option(None, help="refine, robustness: the model; default: bundled "
+                                                    "weights. robustness: repeat it to compare weights in one table."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     out: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update (its section per "
                                        "suite); figures go to images/ beside it."),
@@ -302,12 +303,16 @@ def benchmark(
             raise typer.BadParameter("the quality suite trains on a dataset: give --data FOLDER", param_hint="--data")
         names.remove("quality")
         console.print("[yellow]skipping suite quality[/yellow]: it trains every variant on a dataset; give --data")
+    if checkpoint and len(checkpoint) > 1 and names != ["robustness"]:
+        raise typer.BadParameter("several --checkpoint compare weights in the robustness suite only",
+                                 param_hint="--checkpoint")
     command = "xray2ct " + " ".join(sys.argv[1:])
     images = out.parent / "images" if out is not None else None
     for name in names:
         console.print(f"running suite [bold]{name}[/bold] on {device} …")
         options = dict(data_dir=data, budget_s=budget, variants=variants, config=config, runs_dir=runs)
-        options = options if name == "quality" else {"checkpoint": checkpoint} if name in ("refine", "robustness") \
+        weights = (checkpoint or [None]) if name == "robustness" else (checkpoint or [None])[0]
+        options = options if name == "quality" else {"checkpoint": weights} if name in ("refine", "robustness") \
             else {}
         if name == "anatomy":
             options = {"n": n}

@@ -26,8 +26,9 @@ class FilmAcquisition:
 
     source_iso_mm / source_det_mm: mm. detector_mm: cassette side, mm; None: just covering the
     cube. offset_mm: patient shift (d, h, w), mm; rotation_deg: about the (d, h, w) axes,
-    degrees (both unknown to the model, as at inference). dropped: "pa" / "lat" / None, the
-    view replaced by zeros. style_seed: seed of the film style's generator.
+    degrees (both unknown to the model, as at inference). cut: filmed from the cube alone (air
+    around it) instead of the wide field. dropped: "pa" / "lat" / None, the view replaced by
+    zeros. style_seed: seed of the film style's generator.
     """
 
     nominal: bool
@@ -37,6 +38,7 @@ class FilmAcquisition:
     detector_mm: float | None
     offset_mm: tuple = (0.0, 0.0, 0.0)
     rotation_deg: tuple = (0.0, 0.0, 0.0)
+    cut: bool = False
     dropped: str | None = None
     style_seed: int = 0
 
@@ -55,7 +57,7 @@ def draw_acquisition(cfg: AcquisitionConfig, geometry: GeometryConfig, rng: np.r
                      view_dropout: float = 0.0) -> FilmAcquisition:
     """One acquisition from `rng`. Every number is drawn whatever the branch, so the
     stream's use never depends on earlier outcomes."""
-    u = rng.random(5)  # nominal?, covering?, AP?, dropout?, which view
+    u = rng.random(6)  # nominal?, covering?, AP?, dropout?, which view, cut?
     sdd = rng.uniform(*cfg.source_det_mm)
     gap = rng.uniform(*cfg.patient_det_mm)
     det = rng.uniform(*cfg.detector_mm)
@@ -69,8 +71,8 @@ def draw_acquisition(cfg: AcquisitionConfig, geometry: GeometryConfig, rng: np.r
         return FilmAcquisition(True, "pa", geometry.source_iso_mm, geometry.source_det_mm, None,
                                dropped=dropped, style_seed=style_seed)
     return FilmAcquisition(False, "ap" if u[2] < cfg.ap_fraction else "pa", float(sdd - gap), float(sdd),
-                           None if u[1] < cfg.covering_fraction else float(det), offset, rotation, dropped,
-                           style_seed)
+                           None if u[1] < cfg.covering_fraction else float(det), offset, rotation,
+                           bool(u[5] < cfg.cut_fraction), dropped, style_seed)
 
 
 def sample_acquisition(cfg: AcquisitionConfig, geometry: GeometryConfig, seed: int, epoch: int, index: int,

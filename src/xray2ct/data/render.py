@@ -5,8 +5,9 @@ sees, HU) and their `FilmAcquisition`s into the model's input and, per sample, t
 `Geometry` that `reconstruct` would build for such a film from its acquisition record:
 
   1. the patient is turned and shifted in the lab (one batched affine `grid_sample` of the
-     wide field; air outside). The target stays the un-moved cube: the model reconstructs
-     the patient frame, the shift and turn are unknown to it, as at inference;
+     wide field, or of the cube alone with air around it for a `cut` sample, as films
+     rendered from a 320 mm CT look; air outside). The target stays the un-moved cube: the
+     model reconstructs the patient frame, the shift and turn are unknown to it, as at inference;
   2. both views are projected (`xray2ct.project`) on a 2S² detector of the drawn cassette
      (or one just covering the cube) and normalized by percentiles (`drr_to_radiograph`):
      the film as a file would hold it;
@@ -122,7 +123,13 @@ class FilmRenderer:
                     xrays[i] = self._style(xrays[i], a)
                     geometries[i] = self.nominal
             if moving:
-                placed = position_patients(mu[moving], [acquisitions[i] for i in moving], self.voxel_mm)
+                chosen = mu[moving]  # (b, 1, W, W, W), a copy
+                cut = [j for j, i in enumerate(moving) if acquisitions[i].cut]
+                if cut and m:  # the cube alone: air in the margin
+                    outside = torch.ones_like(chosen[0, 0], dtype=torch.bool)
+                    outside[m : w - m, m : w - m, m : w - m] = False
+                    chosen[cut] = chosen[cut].masked_fill(outside, 0.0)
+                placed = position_patients(chosen, [acquisitions[i] for i in moving], self.voxel_mm)
                 for j, i in enumerate(moving):
                     a = acquisitions[i]
                     film_geometry = self.film_geometry(a, w)
