@@ -336,3 +336,11 @@ def test_acquisition_section_round_trips_and_takes_dotted_overrides(tmp_path):
 def test_bad_acquisition_settings_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(CONFIGS["cpu-small"], override)
+
+
+def test_cpu_small_acquisition_is_cpu_small_with_rendered_films():
+    acq, small = (config_to_dict(load_config(ROOT / "configs" / f"{n}.json")) for n in ("cpu-small-acquisition",
+                                                                                        "cpu-small"))
+    assert {k: v for k, v in acq.items() if k not in ("data", "description")} == \
+        {k: v for k, v in small.items() if k not in ("data", "description")}
+    assert acq["data"]["acquisition"]["render"] and acq["data"]["view_dropout"] == 0.2

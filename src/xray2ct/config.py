@@ -126,7 +126,7 @@ class AcquisitionConfig:
     source_det_mm: tuple[float, ...] = (900.0, 1900.0)  # source–detector distance, mm
     patient_det_mm: tuple[float, ...] = (100.0, 250.0)  # isocentre (patient centre)–detector distance, mm
     detector_mm: tuple[float, ...] = (350.0, 430.0)  # side of the square cassette, mm
-    covering_fraction: float = 0.2  # share of non-nominal samples whose detector just covers the 320 mm cube
+    covering_fraction: float = 0.3  # share of non-nominal samples whose detector just covers the 320 mm cube
     offset_mm: float = 30.0  # patient offset, uniform in ±offset along each axis, mm
     rotation_deg: float = 5.0  # patient rotation, uniform in ±rotation about each axis, degrees
     ap_fraction: float = 0.3  # share of non-nominal samples with an AP (not PA) frontal film
@@ -135,7 +135,7 @@ class AcquisitionConfig:
     # from a 320 mm CT look (the acceptance check, the robustness suite), beside real, wide films
     cut_fraction: float = 0.5
     phantoms: int = 400  # phantoms in the pool when no dataset_path is given
-    phantom_version: int = 1  # generator of the pool's phantoms (`chest_phantom(version=...)`)
+    phantom_version: int = 2  # generator of the pool's phantoms (`chest_phantom(version=...)`), as `xray2ct phantoms`
     # film style (`RadiographStyle`), applied when data.augment is true
     scatter: float = 0.15  # max fraction of broad low-pass fog (scatter)
     blur_px: float = 1.0  # max focal-spot/detector blur, Gaussian sigma in pixels of the rendered film
