@@ -113,22 +113,20 @@ class FilmRenderer:
                              f"{self.margin} around a {self.nominal.volume_shape[0]}³ cube")
         with torch.no_grad():
             mu = hu_to_mu(fields.float(), self.mu_water)  # (B, 1, W, W, W)
+            nominal = [i for i, a in enumerate(acquisitions) if a.nominal]
             moving = [i for i, a in enumerate(acquisitions) if not a.nominal]
             xrays, geometries = [None] * b, [None] * b
             m = self.margin
-            for i, a in enumerate(acquisitions):
-                if a.nominal:  # the cube alone at S², as layout.render_drrs renders the stored DRRs
-                    cube = mu[i : i + 1, :, m : w - m, m : w - m, m : w - m]
-                    xrays[i] = drr_to_radiograph(project(cube, self.nominal))[0]  # (2, S, S)
-                    xrays[i] = self._style(xrays[i], a)
-                    geometries[i] = self.nominal
+            inner = (slice(None), slice(None)) + (slice(m, w - m),) * 3  # the cube inside the field
+            if nominal:  # the cube alone at S², as layout.render_drrs renders the stored DRRs; one batch
+                films = drr_to_radiograph(project(mu[nominal][inner], self.nominal))  # (n, 2, S, S)
+                for j, i in enumerate(nominal):
+                    xrays[i], geometries[i] = self._style(films[j], acquisitions[i]), self.nominal
             if moving:
                 chosen = mu[moving]  # (b, 1, W, W, W), a copy
                 cut = [j for j, i in enumerate(moving) if acquisitions[i].cut]
                 if cut and m:  # the cube alone: air in the margin
-                    outside = torch.ones_like(chosen[0, 0], dtype=torch.bool)
-                    outside[m : w - m, m : w - m, m : w - m] = False
-                    chosen[cut] = chosen[cut].masked_fill(outside, 0.0)
+                    chosen[cut] = F.pad(chosen[cut][inner], (m,) * 6)
                 placed = position_patients(chosen, [acquisitions[i] for i in moving], self.voxel_mm)
                 for j, i in enumerate(moving):
                     a = acquisitions[i]
