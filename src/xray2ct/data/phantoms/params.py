@@ -71,6 +71,7 @@ class PhantomParamsV2:
     spleen_scale: float
     stomach: tuple  # (scale, gas fraction)
     colon_gas: int  # gas pockets at the lower edge
+    visceral_fat: float  # share of fat in the bowel and mesentery (grows with obesity)
     # spine
     kyphosis_mm: float
     vertebra_pitch: float
@@ -135,6 +136,8 @@ class PhantomParamsV2:
             contrast=contrast, right_heart_factor=u(0.7, 1.4), svc_factor=u(1.0, 3.0), enhancement=u(0.1, 0.6),
             liver_scale=u(0.85, 1.15), spleen_scale=u(0.7, 1.3), stomach=(u(0.6, 1.3), u(0.0, 0.5)),
             colon_gas=int(rng.integers(0, 5)),
+            # Visceral fat grows with subcutaneous fat (Kvist et al., Am J Clin Nutr 1988).
+            visceral_fat=float(np.clip(u(0.0, 0.25) + 0.01 * fat, 0.0, 0.75)),
             # Thoracic kyphosis 20–50° (Fon et al. 1980): a posterior bow of ~5–25 mm over T1–T12.
             kyphosis_mm=u(5.0, 25.0), vertebra_pitch=u(21.0, 27.0) - 1.5 * female, rib_drop=u(35.0, 65.0),
             diseases=diseases, pacemaker=pacemaker, line=bool(device and not pacemaker) or bool(pacemaker and u() < 0.3),
