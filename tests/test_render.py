@@ -10,6 +10,7 @@ import torch
 from xray2ct.config import AcquisitionConfig, GeometryConfig, load_config
 from xray2ct.data.acquisition_sampler import FilmAcquisition, sample_acquisition
 from xray2ct.data.fields import fit_field, wide_phantom
+import xray2ct
 from xray2ct.data.render import SUPERSAMPLE, make_renderer, margin_voxels
 
 N, S = 16, 32
@@ -37,13 +38,15 @@ def test_sampler_is_a_pure_function_of_seed_epoch_index():
 
 
 def test_sampler_shares_match_the_config():
-    a, g = AcquisitionConfig(nominal_fraction=0.3, ap_fraction=0.5, covering_fraction=0.2), GeometryConfig()
+    a = AcquisitionConfig(nominal_fraction=0.3, ap_fraction=0.5, covering_fraction=0.2, crop_fraction=0.4)
+    g = GeometryConfig()
     draws = [sample_acquisition(a, g, 0, 0, i, view_dropout=0.25) for i in range(4000)]
     nominal = np.mean([x.nominal for x in draws])
     moving = [x for x in draws if not x.nominal]
     assert abs(nominal - 0.3) < 0.03
     assert abs(np.mean([x.frontal == "ap" for x in moving]) - 0.5) < 0.03
     assert abs(np.mean([x.detector_mm is None for x in moving]) - 0.2) < 0.03
+    assert abs(np.mean([x.crop for x in moving]) - 0.4) < 0.03 and not any(x.crop for x in draws if x.nominal)
     dropped = [x.dropped for x in draws if x.dropped]
     assert abs(len(dropped) / len(draws) - 0.25) < 0.03
     assert abs(np.mean([d == "lat" for d in dropped]) - 0.8) < 0.04
@@ -79,7 +82,6 @@ def test_training_film_equals_reconstruct_of_the_saved_png(tmp_path, frontal):
     `load_study` with the --sid/--sod/--pixel-mm flags: the same model input and geometry."""
     from PIL import Image
 
-    import xray2ct
     from xray2ct.acquisition import AcquisitionFlags, load_study
 
     r = make_renderer(CFG, augment=False)
@@ -134,3 +136,33 @@ def test_cut_samples_see_the_cube_alone():
     padded, _ = r.render(cube_only, [a])
     torch.testing.assert_close(cut, padded, atol=1e-6, rtol=0)
     assert (cut - wide).abs().max() > 0.05
+
+
+def test_cropped_training_film_equals_reconstruct_of_the_saved_dicom(tmp_path):
+    """crop=True: the film is read as a DICOM file is. The cube alone at 430 mm leaves air borders;
+    saved as DX DICOM and read by `load_study` (tags, not flags), borders cropped, the model input and
+    geometry (pitch, the detector offset the crop makes) equal the training film's."""
+    from xray2ct.acquisition import load_study
+    from xray2ct.data.filmdicom import save_film_dicom
+    from xray2ct.physics.hu import hu_to_mu
+    from xray2ct.physics.radiograph import drr_to_radiograph
+
+    r = make_renderer(CFG, augment=False)
+    fields = _fields(1)
+    a = FilmAcquisition(False, "pa", 1650.0, 1800.0, 430.0, cut=True, crop=True)
+    x, (geometry,) = r.render(fields, [a])
+    m, det = margin_voxels(CFG), SUPERSAMPLE * S
+    cube_only = torch.full_like(fields, -1000.0)
+    cube_only[..., m:-m, m:-m, m:-m] = fields[..., m:-m, m:-m, m:-m]
+    g = xray2ct.Geometry(volume_shape=fields.shape[2:], voxel_mm=320.0 / N, source_iso_mm=1650.0,
+                         source_det_mm=1800.0, det_shape=(det, det), det_pixel_mm=430.0 / det, views=("pa", "lat"))
+    films = drr_to_radiograph(xray2ct.project(hu_to_mu(cube_only), g))[0].numpy()
+    paths = [save_film_dicom(tmp_path / f"{v}.dcm", f, 430.0 / det, 1800.0, 1650.0, p, bits=16)
+             for v, f, p in zip(("pa", "lat"), films, ("PA", "LL"))]
+    study = load_study(*paths, size=S, nominal=CFG.geometry.build(N, S))
+    torch.testing.assert_close(x, study.xrays, atol=2e-3, rtol=0)
+    for view in geometry.views:
+        mine, theirs = geometry.setup(view), study.geometry.setup(view)
+        assert mine.det_pixel_mm == pytest.approx(theirs.det_pixel_mm, rel=1e-9)
+        assert mine.det_offset_mm == pytest.approx(theirs.det_offset_mm, abs=1e-6)
+    assert geometry.setup("pa").det_pixel_mm < 430.0 / S  # the air borders were cropped: a finer pitch

@@ -134,6 +134,9 @@ class AcquisitionConfig:
     # share of non-nominal samples filmed from the cube alone (air around it): how films rendered
     # from a 320 mm CT look (the acceptance check, the robustness suite), beside real, wide films
     cut_fraction: float = 0.5
+    # share of non-nominal films read as a DICOM file is: uniform borders (air, collimation)
+    # cropped to the exposed field (`xrayio.exposed_field`) and the geometry moved with the crop
+    crop_fraction: float = 0.5
     phantoms: int = 400  # phantoms in the pool when no dataset_path is given
     phantom_version: int = 2  # generator of the pool's phantoms (`chest_phantom(version=...)`), as `xray2ct phantoms`
     # film style (`RadiographStyle`), applied when data.augment is true
@@ -462,7 +465,7 @@ def _check_acquisition(a: AcquisitionConfig, g: GeometryConfig, need) -> None:
         r = getattr(a, name)
         need(len(r) == 2 and all(math.isfinite(v) for v in r) and low <= r[0] <= r[1] <= high,
              f"{key}{name} must be [low, high] with {low:g} <= low <= high <= {high:g}, got {list(r)}")
-    for name in ("nominal_fraction", "covering_fraction", "ap_fraction", "cut_fraction", "scatter"):
+    for name in ("nominal_fraction", "covering_fraction", "ap_fraction", "cut_fraction", "crop_fraction", "scatter"):
         need(0 <= getattr(a, name) <= 1, f"{key}{name} must be in [0, 1], got {getattr(a, name)}")
     limits = {"offset_mm": 100.0, "rotation_deg": 45.0, "margin_mm": 500.0, "blur_px": 10.0, "noise": 0.5}
     for name, high in limits.items():

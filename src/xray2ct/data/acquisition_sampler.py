@@ -27,8 +27,9 @@ class FilmAcquisition:
     source_iso_mm / source_det_mm: mm. detector_mm: cassette side, mm; None: just covering the
     cube. offset_mm: patient shift (d, h, w), mm; rotation_deg: about the (d, h, w) axes,
     degrees (both unknown to the model, as at inference). cut: filmed from the cube alone (air
-    around it) instead of the wide field. dropped: "pa" / "lat" / None, the view replaced by
-    zeros. style_seed: seed of the film style's generator.
+    around it) instead of the wide field. crop: the films are read as DICOM files are, uniform
+    borders cropped. dropped: "pa" / "lat" / None, the view replaced by zeros. style_seed: seed
+    of the film style's generator.
     """
 
     nominal: bool
@@ -41,6 +42,7 @@ class FilmAcquisition:
     cut: bool = False
     dropped: str | None = None
     style_seed: int = 0
+    crop: bool = False
 
     @property
     def views(self) -> tuple:
@@ -57,7 +59,7 @@ def draw_acquisition(cfg: AcquisitionConfig, geometry: GeometryConfig, rng: np.r
                      view_dropout: float = 0.0) -> FilmAcquisition:
     """One acquisition from `rng`. Every number is drawn whatever the branch, so the
     stream's use never depends on earlier outcomes."""
-    u = rng.random(6)  # nominal?, covering?, AP?, dropout?, which view, cut?
+    u = rng.random(7)  # nominal?, covering?, AP?, dropout?, which view, cut?, crop?
     sdd = rng.uniform(*cfg.source_det_mm)
     gap = rng.uniform(*cfg.patient_det_mm)
     det = rng.uniform(*cfg.detector_mm)
@@ -72,7 +74,7 @@ def draw_acquisition(cfg: AcquisitionConfig, geometry: GeometryConfig, rng: np.r
                                dropped=dropped, style_seed=style_seed)
     return FilmAcquisition(False, "ap" if u[2] < cfg.ap_fraction else "pa", float(sdd - gap), float(sdd),
                            None if u[1] < cfg.covering_fraction else float(det), offset, rotation,
-                           bool(u[5] < cfg.cut_fraction), dropped, style_seed)
+                           bool(u[5] < cfg.cut_fraction), dropped, style_seed, bool(u[6] < cfg.crop_fraction))
 
 
 def sample_acquisition(cfg: AcquisitionConfig, geometry: GeometryConfig, seed: int, epoch: int, index: int,

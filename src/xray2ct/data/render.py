@@ -13,10 +13,13 @@ sees, HU) and their `FilmAcquisition`s into the model's input and, per sample, t
      the film as a file would hold it;
   3. the film style (exposure, processing curve, blur, scatter fog, noise) is applied to
      that film;
-  4. the film is area-pooled to S² and normalized again, exactly what `load_xray` /
-     `prepare_xray` do to a 2S² file (tested against a 16-bit PNG read by `load_study`);
+  4. the film is read as `load_view` reads a 2S² file: for a share of samples (`crop`) as a
+     DICOM is, its uniform borders (air, collimation) cropped to the exposed field
+     (`xrayio.exposed_field`), then `prepare_xray` (pad square, area resize to S², percentile
+     window); tested against a 16-bit PNG and a DICOM read by `load_study`;
   5. the model geometry comes from `Acquisition.view_setup` + `study_geometry` with the
-     distances, pitch and PA/AP of the record (not the patient's offset or rotation).
+     distances, pitch and PA/AP of the record and the crop (not the patient's offset or
+     rotation).
 
 Nominal samples are rendered as the stored DRRs are (`layout.render_drrs`: the cube alone,
 S² detector covering it, training distances), so the films of the nominal reference
@@ -31,10 +34,11 @@ import torch.nn.functional as F
 
 from xray2ct.acquisition import Acquisition, study_geometry
 from xray2ct.data.acquisition_sampler import FilmAcquisition
+from xray2ct.data.xrayio import exposed_field, prepare_xray
 from xray2ct.geometry import Geometry
 from xray2ct.physics.hu import hu_to_mu
 from xray2ct.physics.projector import project
-from xray2ct.physics.radiograph import RadiographStyle, drr_to_radiograph, robust_normalize
+from xray2ct.physics.radiograph import RadiographStyle, drr_to_radiograph
 
 SUPERSAMPLE = 2  # films are rendered at 2x the model's detector and area-pooled (no aliasing)
 POSITION = {"pa": "PA", "ap": "AP", "lat": "LL"}
@@ -94,14 +98,15 @@ class FilmRenderer:
         return Geometry(volume_shape=(field_voxels,) * 3, voxel_mm=self.voxel_mm, source_iso_mm=a.source_iso_mm,
                         source_det_mm=a.source_det_mm, det_shape=(det, det), det_pixel_mm=pitch, views=a.views)
 
-    def model_geometry(self, a: FilmAcquisition, film: Geometry) -> Geometry:
-        """What `reconstruct --sid --sod --pixel-mm [--ap]` builds for these films."""
+    def model_geometry(self, a: FilmAcquisition, film: Geometry, crops=((0, 0, 0, 0),) * 2) -> Geometry:
+        """What `reconstruct --sid --sod --pixel-mm [--ap]` builds for these films, each cropped
+        by (top, bottom, left, right) film pixels."""
         if a.nominal:
             return self.nominal
         setups = {}
-        for view in a.views:
+        for view, crop in zip(a.views, crops):
             record = Acquisition(POSITION[view], a.source_iso_mm, a.source_det_mm, film.det_pixel_mm)
-            setups[view] = record.view_setup(film.det_shape, (0, 0, 0, 0), self.size, self.nominal)
+            setups[view] = record.view_setup(film.det_shape, crop, self.size, self.nominal)
         return study_geometry(self.nominal, setups)
 
     def render(self, fields: torch.Tensor, acquisitions) -> tuple[torch.Tensor, list[Geometry]]:
@@ -131,10 +136,13 @@ class FilmRenderer:
                 for j, i in enumerate(moving):
                     a = acquisitions[i]
                     film_geometry = self.film_geometry(a, w)
-                    film = self._style(drr_to_radiograph(project(placed[j : j + 1], film_geometry))[0], a)  # (2, 2S, 2S)
-                    # what prepare_xray does to a 2S² file: area resize to S², percentile window
-                    xrays[i] = robust_normalize(F.interpolate(film[None], size=(self.size,) * 2, mode="area")[0])
-                    geometries[i] = self.model_geometry(a, film_geometry)
+                    films = self._style(drr_to_radiograph(project(placed[j : j + 1], film_geometry))[0], a)  # (2, 2S, 2S)
+                    # what load_view does to a 2S² file: a DICOM's uniform borders cropped, then
+                    # prepare_xray (pad square, area resize to S², percentile window)
+                    crops = [exposed_field(f.numpy()) if a.crop else (0, 0, 0, 0) for f in films]
+                    xrays[i] = torch.stack([prepare_xray(f[t : f.shape[0] - b, left : f.shape[1] - r], self.size)
+                                            for f, (t, b, left, r) in zip(films, crops)])
+                    geometries[i] = self.model_geometry(a, film_geometry, crops)
             out = torch.stack(xrays)  # (B, 2, S, S)
             for i, a in enumerate(acquisitions):
                 if a.dropped is not None:
