@@ -36,8 +36,9 @@ def paint_abdomen(cv: Canvas, b: Body, hu, pockets):
     sl, z, y, x = reg
     cav = b.cavity_sd(z, y, x, grow=2.0)
     below = np.maximum(-b.diaphragm_sd(z, y, x) + 2.0, cav)
-    # Bowel and mesentery fill the abdominal cavity; visceral fat grows with the body's fat.
-    cv.paint(sl, cv.occupancy(below), Tissue.BOWEL, hu[Tissue.BOWEL])
+    # Bowel and mesentery fill the abdominal cavity, mixed with visceral fat (below a voxel's size).
+    bowel = hu[Tissue.BOWEL] + p.visceral_fat * (hu[Tissue.FAT] - hu[Tissue.BOWEL])
+    cv.paint(sl, cv.occupancy(below), Tissue.BOWEL, bowel)
     omentum = 2.0 + 0.6 * p.fat_mm  # fat layer inside the abdominal wall
     cv.paint(sl, cv.occupancy(np.maximum(below, omentum - np.abs(cav))), Tissue.FAT, hu[Tissue.FAT])
     _paint_kidneys(cv, b, hu)

@@ -71,6 +71,7 @@ class PhantomParamsV2:
     spleen_scale: float
     stomach: tuple  # (scale, gas fraction)
     colon_gas: int  # gas pockets at the lower edge
+    visceral_fat: float  # share of fat in the bowel and mesentery (grows with obesity)
     # spine
     kyphosis_mm: float
     vertebra_pitch: float
@@ -99,7 +100,7 @@ class PhantomParamsV2:
         # range 250–400 mm (brief).
         scan_len = u(250.0, 400.0)
         table = bool(u() < 0.7)
-        # Lungs: apex to right dome top 14.5–19.5 cm at expiration; inspiration lowers the domes
+        # Lungs: apex to right dome top 15.5–20.5 cm at expiration; inspiration lowers the domes
         # by up to 4.5 cm (quiet-to-deep excursion 2–6 cm: Kolar et al. 2009, MRI); chest CTs
         # are taken at inspiration (breath skewed toward 1).
         breath = float(rng.beta(3.0, 1.5))
@@ -123,10 +124,10 @@ class PhantomParamsV2:
             arms_up=arms_up, arm_r=u(38.0, 52.0) + 0.5 * fat,
             arm_spread=(u(-5.0, 30.0), u(-5.0, 30.0)) if not arms_up else (u(40.0, 110.0), u(40.0, 110.0)),
             arm_y=(u(-20.0, 30.0), u(-20.0, 30.0)),
-            breath=breath, apex_to_dome=u(145.0, 195.0) - 10.0 * female, dome_drop=dome_drop,
+            breath=breath, apex_to_dome=u(155.0, 205.0) - 10.0 * female, dome_drop=dome_drop,
             mediastinum_mm=u(8.0, 18.0), lung_gradient_hu=u(20.0, 80.0), perihilar_hu=u(20.0, 60.0),
             # Heart: CTR 0.42–0.50 typical, > 0.5 in ~10% (cardiomegaly).
-            heart_scale=u(0.9, 1.18) * (1.25 if u() < 0.1 else 1.0) * (0.93 if female else 1.0),
+            heart_scale=u(0.98, 1.25) * (1.25 if u() < 0.1 else 1.0) * (0.93 if female else 1.0),
             heart_offset=(u(-10.0, 10.0), u(-12.0, 12.0)), heart_yaw_deg=u(25.0, 55.0), heart_tilt_deg=u(15.0, 40.0),
             epicardial_fat=u(1.0, 6.0) + 0.2 * fat,
             # Aorta: ascending diameter 28–38 mm, descending 20–28 mm (Hager et al., Radiology 2002);
@@ -135,6 +136,8 @@ class PhantomParamsV2:
             contrast=contrast, right_heart_factor=u(0.7, 1.4), svc_factor=u(1.0, 3.0), enhancement=u(0.1, 0.6),
             liver_scale=u(0.85, 1.15), spleen_scale=u(0.7, 1.3), stomach=(u(0.6, 1.3), u(0.0, 0.5)),
             colon_gas=int(rng.integers(0, 5)),
+            # Visceral fat grows with subcutaneous fat (Kvist et al., Am J Clin Nutr 1988).
+            visceral_fat=float(np.clip(u(0.0, 0.25) + 0.01 * fat, 0.0, 0.75)),
             # Thoracic kyphosis 20–50° (Fon et al. 1980): a posterior bow of ~5–25 mm over T1–T12.
             kyphosis_mm=u(5.0, 25.0), vertebra_pitch=u(21.0, 27.0) - 1.5 * female, rib_drop=u(35.0, 65.0),
             diseases=diseases, pacemaker=pacemaker, line=bool(device and not pacemaker) or bool(pacemaker and u() < 0.3),

@@ -10,7 +10,7 @@ from .habitus import Body
 from .shapes import ellipse_sd, polyline
 from .tissues import Tissue
 
-LEVELS = range(-7, 18)  # vertebra index from T1 (0): C1–C7 above, T12 = 11, lumbar below
+LEVELS = range(-7, 18)  # index from T1 (0): C1–C7 -7…-1, T12 11, L1–L5 12…16, 17 the sacrum's top (drawn as a body)
 CANAL_R = 7.0
 
 
