@@ -145,9 +145,10 @@ class Canvas:
         box = tuple(slice(int(i0[keep, d].min(initial=shape[d])), int(i1[keep, d].max(initial=0))) for d in range(3))
         return box, [buf.reshape(self.hu.shape)[box] for buf in bufs]
 
-    def paint_tubes(self, segments, layers, mask=None):
-        """Paint tubes; layers: (tissue, HU, radius offset) painted in order (shell, then core)."""
-        box, occs = self.tubes(segments, [shell for _, _, shell in layers])
+    def paint_tubes(self, segments, layers, mask=None, chunk: int = 64):
+        """Paint tubes; layers: (tissue, HU, radius offset) painted in order (shell, then core).
+        chunk: segments per batch (`tubes`); 1 for a few large ones of different sizes."""
+        box, occs = self.tubes(segments, [shell for _, _, shell in layers], chunk)
         for (tissue, value, _), occ in zip(layers, occs):
             if mask is not None:
                 occ *= mask[box]

@@ -51,7 +51,8 @@ def paint_arms(cv: Canvas, b: Body, hu):
         neck_base = np.array([b.shoulder_z - 10.0, 15.0, side * 35.0])
         segs += polyline([neck_base, joint], [45.0, 1.1 * r])
         segs += polyline([joint, elbow, wrist], [1.1 * r, 0.75 * r, 0.5 * r])
-    cv.paint_tubes(segs, [(Tissue.FAT, hu[Tissue.FAT], 0.0), (Tissue.MUSCLE, hu[Tissue.MUSCLE], fat)])
+    # Six limb-sized tubes: one patch each (a batch would pad them all to the largest).
+    cv.paint_tubes(segs, [(Tissue.FAT, hu[Tissue.FAT], 0.0), (Tissue.MUSCLE, hu[Tissue.MUSCLE], fat)], chunk=1)
 
 
 def paint_arm_bones(cv: Canvas, b: Body, hu):
@@ -72,7 +73,8 @@ def paint_arm_bones(cv: Canvas, b: Body, hu):
         clav = [[top + 4, ys + 2, side * 20], [top - 3, ys + 6, side * 55],
                 0.5 * (np.array([top - 3, ys + 6, side * 55]) + acromion) + [0.0, 8.0, 0.0], acromion]
         bones += polyline(clav, [6.5] * 4)
-    cv.paint_tubes(bones, [(Tissue.CORTICAL, hu[Tissue.CORTICAL], 0.0), (Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS], 2.5)])
+    cv.paint_tubes(bones, [(Tissue.CORTICAL, hu[Tissue.CORTICAL], 0.0), (Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS], 2.5)],
+                   chunk=1)
     _paint_scapulae(cv, b, hu)
 
 
