@@ -53,7 +53,8 @@ def main(out: Path, budget_s: float, n: int, config: str, seed: int, workers: in
           "|---|---|---|---|---|---|"]
     for v in FAMILIES:
         a, b = scores[f"v{v}->v1"], scores[f"v{v}->v2"]
-        md.append(f"| v{v} | {a['psnr']:.2f} | {b['psnr']:.2f} | {a['ssim3d']:.4f} | {b['ssim3d']:.4f} | {loss[v]:.2f} |")
+        md.append(f"| v{v} | {a['psnr']:.2f} | {b['psnr']:.2f} | {a['ssim3d']:.4f} | {b['ssim3d']:.4f} "
+                  f"| {loss[v]:.2f} |")
     md += ["", f"Goal (v2 loses less on v1 than v1 on v2): {'met' if loss[2] < loss[1] else 'not met'}."]
     (out / "cross_family.md").write_text("\n".join(md) + "\n")
     (out / "cross_family.json").write_text(json.dumps({"steps": steps, "step_ms": step.median_ms, **scores}, indent=1))

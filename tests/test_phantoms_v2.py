@@ -87,7 +87,8 @@ def test_new_tissues_appear_over_seeds():
     for tissue in (Tissue.SPLEEN, Tissue.KIDNEY, Tissue.BOWEL, Tissue.TABLE, Tissue.BREAST, Tissue.LESION,
                    Tissue.HEART, Tissue.BLOOD, Tissue.LIVER, Tissue.CORTICAL):
         assert tissue in seen, tissue.name
-    for feature, tissue in ((lambda p: p.pacemaker, Tissue.METAL), (lambda p: "effusion" in p.diseases, Tissue.EFFUSION)):
+    features = ((lambda p: p.pacemaker, Tissue.METAL), (lambda p: "effusion" in p.diseases, Tissue.EFFUSION))
+    for feature, tissue in features:
         seed = seeds_where(feature, n=1)[0]
         assert (phantom(32, seed)[1] == tissue).any(), (tissue.name, seed)
 

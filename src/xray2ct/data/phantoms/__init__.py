@@ -24,7 +24,8 @@ from .v2 import chest_phantom_v2
 GENERATORS = {1: chest_phantom_v1, 2: chest_phantom_v2}
 VERSIONS = tuple(GENERATORS)
 
-__all__ = ["GENERATORS", "PhantomParams", "PhantomParamsV2", "Tissue", "VERSIONS", "chest_phantom", "phantoms_per_second"]
+__all__ = ["GENERATORS", "PhantomParams", "PhantomParamsV2", "Tissue", "VERSIONS", "chest_phantom",
+           "phantoms_per_second"]
 
 
 def chest_phantom(size: int = 64, seed: int = 0, fov_mm: float = 320.0, return_labels: bool = False,

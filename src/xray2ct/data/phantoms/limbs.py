@@ -73,8 +73,8 @@ def paint_arm_bones(cv: Canvas, b: Body, hu):
         clav = [[top + 4, ys + 2, side * 20], [top - 3, ys + 6, side * 55],
                 0.5 * (np.array([top - 3, ys + 6, side * 55]) + acromion) + [0.0, 8.0, 0.0], acromion]
         bones += polyline(clav, [6.5] * 4)
-    cv.paint_tubes(bones, [(Tissue.CORTICAL, hu[Tissue.CORTICAL], 0.0), (Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS], 2.5)],
-                   chunk=1)
+    layers = [(Tissue.CORTICAL, hu[Tissue.CORTICAL], 0.0), (Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS], 2.5)]
+    cv.paint_tubes(bones, layers, chunk=1)
     _paint_scapulae(cv, b, hu)
 
 

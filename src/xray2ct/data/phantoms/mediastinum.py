@@ -74,7 +74,8 @@ def paint_heart(cv: Canvas, b: Body, hu, h: Heart):
     lv = lambda z, y, x: oriented_ellipsoid_sd(z, y, x, h.point(*lv_c), h.frame, np.array(lv_ax) * a)  # noqa: E731
     for i, (c, ax, side) in enumerate(chambers):
         def chamber(z, y, x, c=c, ax=ax, i=i):
-            sd = np.maximum(oriented_ellipsoid_sd(z, y, x, h.point(*c), h.frame, np.array(ax) * a), shell(z, y, x) + 3.5)
+            sd = oriented_ellipsoid_sd(z, y, x, h.point(*c), h.frame, np.array(ax) * a)
+            sd = np.maximum(sd, shell(z, y, x) + 3.5)
             return sd if i == 0 else np.maximum(sd, 9.0 - lv(z, y, x))  # the septum and LV wall stay muscle
         cv.paint_sd(box, chamber, Tissue.BLOOD, blood_hu(b.p, side))
 

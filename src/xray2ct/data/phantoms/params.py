@@ -140,7 +140,8 @@ class PhantomParamsV2:
             visceral_fat=float(np.clip(u(0.0, 0.25) + 0.01 * fat, 0.0, 0.75)),
             # Thoracic kyphosis 20–50° (Fon et al. 1980): a posterior bow of ~5–25 mm over T1–T12.
             kyphosis_mm=u(5.0, 25.0), vertebra_pitch=u(21.0, 27.0) - 1.5 * female, rib_drop=u(35.0, 65.0),
-            diseases=diseases, pacemaker=pacemaker, line=bool(device and not pacemaker) or bool(pacemaker and u() < 0.3),
+            diseases=diseases, pacemaker=pacemaker,
+            line=bool(device and not pacemaker) or bool(pacemaker and u() < 0.3),
             hu={t: m + u(-j, j) for t, (m, j) in TISSUE_HU_V2.items()},
         )
 

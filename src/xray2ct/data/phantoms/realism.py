@@ -63,7 +63,7 @@ def measure(lab: np.ndarray, vox: float) -> dict:
     heart = (lab == Tissue.HEART).any(1)  # (d, w)
     rows = heart.any(1)
     heart |= (lab == Tissue.BLOOD).any(1) & rows[:, None]  # chambers reaching the heart's border
-    width = lambda m: max((np.flatnonzero(r)[-1] - np.flatnonzero(r)[0] + 1 for r in m if r.any()), default=0)  # noqa: E731
+    width = lambda m: max((np.ptp(np.flatnonzero(r)) + 1 for r in m if r.any()), default=0)  # noqa: E731
     out["ctr"] = width(heart) / max(width(lung.any(1)), 1)
     # Skin diameters on the slice with the most lung, through the body's centre.
     d = int(np.argmax(lung.sum((1, 2))))

@@ -52,7 +52,8 @@ def paint_ribs_and_sternum(cv: Canvas, b: Body, hu):
                 mid = 0.5 * (pts[-1] + end) + np.array([0.0, -4.0, side * 8.0])
                 cartilage += polyline([pts[-1], mid, end], [4.5, 4.5, 4.0])
     cv.paint_tubes(cartilage, [(Tissue.CARTILAGE, hu[Tissue.CARTILAGE], 0.0)])
-    cv.paint_tubes(bones, [(Tissue.CORTICAL, hu[Tissue.CORTICAL], 0.0), (Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS], 2.3)])
+    cv.paint_tubes(bones, [(Tissue.CORTICAL, hu[Tissue.CORTICAL], 0.0),
+                           (Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS], 2.3)])
 
     def sternum(z, y, x, shrink=0.0):
         half_w = 14.0 + 10.0 * smoothstep((top + 50.0 - z) / 30.0)  # the manubrium is wider
