@@ -1,6 +1,6 @@
 """Where the aten operators of a training step come from (issue #19's ops/step count).
 
-    OMP_NUM_THREADS=1 python benchmarks/gpu_ops.py [--size 32 --xray 128]
+    python benchmarks/gpu_ops.py [--size 32 --xray 128] [--threads 2]
 
 For configs/baseline.json and configs/optimized.json at --size³ / --xray² (default 32³ / 128²,
 the issue's and acceptance/gpu_path's), batch 2, counted by `xray2ct.benchmark.ops_per_train_step`:
@@ -10,6 +10,8 @@ the issue's and acceptance/gpu_path's), batch 2, counted by `xray2ct.benchmark.o
     created its autograd node (matched by sequence number);
   - the optimized model with its attention blocks replaced by identity: what the rest of it
     costs, so the most the attention may cost for a given ratio to the baseline.
+The count depends on the number of threads (oneDNN and PyTorch take other paths with one):
+2, as acceptance/gpu_path sets, gave 3,405 / 8,598 at bec9297, 1 thread 3,504 / 8,771.
 """
 from __future__ import annotations
 
@@ -93,8 +95,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--xray", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     totals = {}
     for name in ("baseline", "optimized"):
         totals[name] = ops_per_train_step(build(name, args.size, args.xray), batch=2)
