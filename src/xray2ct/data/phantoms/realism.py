@@ -156,7 +156,7 @@ def report(n: int = 200, size: int = 64, images_dir=None, device: str = "cpu"):
 
 
 def montage(cubes, png, size: int) -> None:
-    """4 × 4 phantoms, each as its PA DRR (as the model sees it) beside its mid-coronal slice."""
+    """Up to 4 × 4 phantoms, each as its PA DRR (as the model sees it) beside its mid-coronal slice."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,8 +168,12 @@ def montage(cubes, png, size: int) -> None:
     from xray2ct.physics.radiograph import robust_normalize
 
     g = Geometry(volume_shape=(size,) * 3, voxel_mm=320.0 / size, det_shape=(2 * size, 2 * size))
-    fig, axes = plt.subplots(4, 8, figsize=(16, 8.6))
-    for k, (seed, hu, _) in enumerate(cubes[:16]):
+    cubes = cubes[:16]
+    rows = -(-len(cubes) // 4)
+    fig, axes = plt.subplots(rows, 8, figsize=(16, 2.15 * rows), squeeze=False)
+    for ax in axes.ravel()[2 * len(cubes):]:
+        ax.axis("off")
+    for k, (seed, hu, _) in enumerate(cubes):
         with torch.no_grad():
             drr = robust_normalize(project(hu_to_mu(torch.from_numpy(np.ascontiguousarray(hu))[None, None]), g))
         ax_drr, ax_cor = axes[k // 4, 2 * (k % 4)], axes[k // 4, 2 * (k % 4) + 1]
