@@ -168,12 +168,13 @@ class GeometryLifting(nn.Module):
                 features.flatten(0, 1), grid, mode=self.mode, padding_mode="zeros", align_corners=False
             )  # (B*V, C, G, G*G)
             return out.view(B, V, C, G, G, G)
-        weights = [self._weights(c, g.views, h, w, features) for c, g in zip(coords, geometries)]
         lifted = []
         for v in range(V):
             spec = get_view(self.views[v])  # every geometry's view in this slot lies on the same axes
-            rows = torch.stack([wb[v][0] for wb in weights])  # (B, z, d, h)
-            cols = torch.stack([wb[v][1] for wb in weights])  # (B, z, k, w)
+            # as _weights, for all samples in one call: (B, d, h, w, 2) indexed by (depth, d) and (depth, col)
+            grid = coords[:, v].movedim((1 + spec.depth_axis, 1, 1 + spec.col_axis), (1, 2, 3))  # (B, z, d, c, 2)
+            rows = tent_weights(grid[:, :, :, 0, 1], h).to(features.device, features.dtype)  # (B, z, d, h)
+            cols = tent_weights(grid[:, :, 0, :, 0], w).to(features.device, features.dtype)  # (B, z, k, w)
             z, d, k = rows.shape[1], rows.shape[2], cols.shape[2]
             x = features[:, v].reshape(B, C * h, w) @ cols.reshape(B, z * k, w).transpose(1, 2)  # (B, C*h, z*k)
             x = x.view(B, C, h, z, k).permute(0, 3, 2, 1, 4).reshape(B * z, h, C * k)  # (B*z, h, C*k)
