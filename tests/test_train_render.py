@@ -1,5 +1,6 @@
 """Training with films rendered per step (data.acquisition.render): a phantom pool of wide
 fields, per-sample geometries, deterministic validation, exact resume."""
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -61,3 +62,25 @@ def test_loader_suite_quick_measures_both_paths():
     result = run_suite("loader", quick=True)
     assert result.data["ratio"] > 0 and "Rendered / stored training throughput" in result.markdown
     assert {"stored", "rendered"} <= set(result.data)
+
+
+def test_ct_folder_fields_use_the_field_file_or_air(tmp_path):
+    """A dataset of CTs: `{id}_field.nii.gz` beside the CT gives the wide field, else air around the CT."""
+    from xray2ct.data.ctio import save_nifti
+    from xray2ct.data.fields import wide_phantom
+    from xray2ct.data.prepare import make_phantom_dataset
+
+    make_phantom_dataset(tmp_path, n=2, size=16, xray_size=32, progress=False)
+    wide = np.rint(wide_phantom(16, 1, 320.0, 6))  # phantom_0001's anatomy with 6 voxels more per side
+    save_nifti(tmp_path / "phantom_0001" / "phantom_0001_field.nii.gz", wide, (20.0,) * 3, dtype="int16")
+    ds = FieldDataset(tmp_path, None, volume_size=16, margin=4)
+    plain, widened = ds[0], ds[1]
+    assert plain["field"].shape == widened["field"].shape == (1, 24, 24, 24)
+    margin = torch.ones(24, 24, 24, dtype=torch.bool)
+    margin[4:20, 4:20, 4:20] = False
+    assert (plain["field"][0][margin] == -1000).all() and (widened["field"][0][margin] > -1000).any()
+    torch.testing.assert_close(widened["field"][0], torch.from_numpy(wide[2:-2, 2:-2, 2:-2]).float())
+    from xray2ct.physics.hu import hu_to_unit
+
+    for item in (plain, widened):  # the target is the CT, which sits at the field's centre
+        torch.testing.assert_close(hu_to_unit(item["field"][:, 4:20, 4:20, 4:20]), item["ct"], atol=1e-6, rtol=0)

@@ -37,7 +37,7 @@ AIR_HU = -1000.0
 FIELD_STEM = "{id}_field"
 
 
-def wide_phantom(size: int, seed: int, fov_mm: float, margin: int, version: int = 1) -> np.ndarray:
+def wide_phantom(size: int, seed: int, fov_mm: float, margin: int, version: int = 2) -> np.ndarray:
     """A chest phantom over the cube plus `margin` voxels per side: HU (size + 2 margin)³, float32."""
     from xray2ct.data.phantoms import chest_phantom
 
@@ -62,7 +62,7 @@ def fit_field(hu: np.ndarray | torch.Tensor, cube: int, margin: int):
 
 
 def phantom_pool(root: str | os.PathLike, n: int, size: int, margin: int, seed: int, fov_mm: float = 320.0,
-                 version: int = 1) -> Path:
+                 version: int = 2) -> Path:
     """n wide phantoms as int16 HU .npy files under `root` (generated on first use, resumable);
     phantom i has the seed of `make_phantom_dataset`'s case i, so held-out seeds stay apart."""
     from tqdm.auto import tqdm
