@@ -84,3 +84,13 @@ def test_ct_folder_fields_use_the_field_file_or_air(tmp_path):
 
     for item in (plain, widened):  # the target is the CT, which sits at the field's centre
         torch.testing.assert_close(hu_to_unit(item["field"][:, 4:20, 4:20, 4:20]), item["ct"], atol=1e-6, rtol=0)
+
+
+def test_a_stale_pool_is_generated_again(tmp_path, caplog):
+    folder = phantom_pool(tmp_path, n=2, size=8, margin=1, seed=0)
+    fresh = np.load(folder / "phantom_0001.npy")
+    np.save(folder / "phantom_0000.npy", np.zeros((10, 10, 10), np.int16))  # as if the generator had changed
+    np.save(folder / "phantom_0001.npy", np.zeros((10, 10, 10), np.int16))
+    assert phantom_pool(tmp_path, n=2, size=8, margin=1, seed=0) == folder
+    assert "generating them again" in caplog.text
+    assert np.array_equal(np.load(folder / "phantom_0001.npy"), fresh)

@@ -64,23 +64,39 @@ def fit_field(hu: np.ndarray | torch.Tensor, cube: int, margin: int):
 def phantom_pool(root: str | os.PathLike, n: int, size: int, margin: int, seed: int, fov_mm: float = 320.0,
                  version: int = 2) -> Path:
     """n wide phantoms as int16 HU .npy files under `root` (generated on first use, resumable);
-    phantom i has the seed of `make_phantom_dataset`'s case i, so held-out seeds stay apart."""
+    phantom i has the seed of `make_phantom_dataset`'s case i, so held-out seeds stay apart.
+    A cached pool whose first phantom no longer equals the generator's (the generator of that
+    version changed since) is generated again."""
     from tqdm.auto import tqdm
 
     from xray2ct.data.prepare import SEED_STRIDE
-    from xray2ct.fileio import atomic_path
 
     folder = Path(root) / f"fields-{size}-m{margin}-n{n}-s{seed}-v{version}"
+
+    def make(i: int) -> np.ndarray:
+        return np.rint(wide_phantom(size, seed * SEED_STRIDE + i, fov_mm, margin, version)).astype(np.int16)
+
+    first = folder / "phantom_0000.npy"
+    if first.is_file() and not np.array_equal(np.load(first), make(0)):
+        log.warning("%s: the cached phantoms differ from phantom generator v%d now; generating them again",
+                    folder, version)
+        for old in folder.glob("phantom_*.npy"):
+            old.unlink()
     todo = [i for i in range(n) if not (folder / f"phantom_{i:04d}.npy").is_file()]
     if todo:
         log.info("generating %d wide-field phantoms into %s", len(todo), folder)
         folder.mkdir(parents=True, exist_ok=True)
     for i in tqdm(todo, desc="phantom pool", unit="phantom", disable=not todo):
-        hu = np.rint(wide_phantom(size, seed * SEED_STRIDE + i, fov_mm, margin, version)).astype(np.int16)
-        with atomic_path(folder / f"phantom_{i:04d}.npy") as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, hu)
+        _save_npy(folder / f"phantom_{i:04d}.npy", make(i))
     return folder
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    from xray2ct.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
 
 
 class FieldDataset(Dataset):
