@@ -332,6 +332,7 @@ def test_acquisition_section_round_trips_and_takes_dotted_overrides(tmp_path):
     ({"data.acquisition.marginmm": 1}, "did you mean 'margin_mm'"),
     ({"data.acquisition.render": "yes"}, "data.acquisition.render .* must be true or false"),
     ({"data.acquisition.gamma": ["a", 1]}, "must be a list of numbers"),
+    ({"data.acquisition.render": True, "optimization.cuda_graphs": True}, "turn optimization.compile_model and"),
 ])
 def test_bad_acquisition_settings_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

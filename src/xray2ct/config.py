@@ -401,6 +401,11 @@ def validate_config(cfg: Config, source: str = "<config>") -> None:
     need(d.prefetch_factor >= 1, f"data.prefetch_factor must be >= 1, got {d.prefetch_factor}")
     need(0 <= d.view_dropout <= 1, f"data.view_dropout must be in [0, 1], got {d.view_dropout}")
     _check_acquisition(d.acquisition, g, need)
+    o = cfg.optimization
+    need(not (d.acquisition.render and (o.compile_model or o.cuda_graphs)),
+         "data.acquisition.render gives every sample its own geometry, a new input object per step that "
+         "torch.compile and CUDA graphs would recompile for: turn optimization.compile_model and "
+         "optimization.cuda_graphs off, or data.acquisition.render off")
     for f in fields(lg):
         low = 0 if f.name == "checkpoint_every_steps" else 1  # 0 turns step checkpoints off
         need(getattr(lg, f.name) >= low, f"logging.{f.name} must be >= {low}, got {getattr(lg, f.name)}")

@@ -2,7 +2,8 @@
 validation with DESIGN.md metrics, atomic checkpoints, exact resume.
 
 Exact resume: the data order of epoch e is a pure function of (seed, e) (`EpochSampler`),
-augmentation is a pure function of (seed, epoch, index), and the checkpoint carries the
+augmentation is a pure function of (seed, epoch, index) — so are the films rendered per step
+with `data.acquisition.render` (`engine.films`) — and the checkpoint carries the
 optimizer, scheduler, scaler and RNG states plus the step. Resuming at step k therefore
 replays the remaining batches of that epoch exactly as an uninterrupted run would.
 """
