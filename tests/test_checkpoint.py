@@ -77,8 +77,8 @@ def test_reconstruct_never_writes_a_volume_from_non_finite_output(tiny, tmp_path
     pa, lat = (data / "phantom_0000" / f"phantom_0000_{v}_drr.png" for v in ("pa", "lat"))
     real = R.load_for_inference
 
-    def nan_model(checkpoint, device="auto"):
-        model, cfg, dev = real(checkpoint, device)
+    def nan_model(checkpoint, device="auto", cuda_graphs=False):
+        model, cfg, dev = real(checkpoint, device, cuda_graphs)
         forward = model.forward
         model.forward = lambda x: {k: v * float("nan") if k == "volume" else v for k, v in forward(x).items()}
         return model, cfg, dev

@@ -17,6 +17,11 @@ import pytest
 
 from xray2ct.engine.demo import bundled_examples
 
+
+def phantom_examples():
+    """The bundled phantom DRR pairs (training geometry, refined by default; the DICOM pair is a wide film)."""
+    return [e for e in bundled_examples(pairs_only=True) if e.id.startswith("phantom_")]
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("XRAY2CT_CHROMIUM", "/usr/bin/chromium")
@@ -112,7 +117,7 @@ def _assert_shaded(png: bytes, background=(17, 17, 17)) -> None:
 def test_upload_reconstruct_view_and_download(server, page, tmp_path):
     from playwright.sync_api import expect
 
-    ex = next(e for e in bundled_examples(pairs_only=True) if e.ct is not None)
+    ex = next(e for e in phantom_examples() if e.ct is not None)
     page.goto(server)
     _upload(page, ex.pa, ex.lat)
     for elem in ("#pa-thumb", "#lat-thumb"):  # what the model will read, before reconstructing

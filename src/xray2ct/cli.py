@@ -193,8 +193,10 @@ def reconstruct(
     report: Optional[Path] = typer.Option(None, help="Also write a self-contained HTML report here (slices, "
                                           "uncertainty, bone surface); with --batch: any value writes "
                                           "{id}_report.html."),
-    refine: bool = typer.Option(True, help="Refine the network's volume so its DRRs match the X-rays, weighted by "
-                                "its own uncertainty (physics-consistent; --no-refine: the network's output exactly)."),
+    refine: Optional[bool] = typer.Option(None, help="Refine the network's volume so its DRRs match the X-rays, "
+                                          "weighted by its own uncertainty (physics-consistent). Default: refine "
+                                          "unless the films see well beyond the reconstructed field (a wide "
+                                          "cassette), where it costs quality; --no-refine: the network's output."),
     refine_steps: Optional[int] = typer.Option(None, min=0, help="Most refinement steps (default: the model's, "
                                                "early stopping may end sooner)."),
     refine_size: Optional[int] = typer.Option(None, min=8, help="Refine on an N³ grid (the network's volume "

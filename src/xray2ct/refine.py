@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from xray2ct.config import RefineConfig
 from xray2ct.errors import UserError
-from xray2ct.geometry import Geometry
+from xray2ct.geometry import Geometry, get_view
 from xray2ct.physics.hu import hu_to_mu, unit_to_hu
 from xray2ct.physics.projector import project
 
@@ -91,6 +91,24 @@ def line_integrals(volume: torch.Tensor, geometry: Geometry, mu_water: float = 0
     return project(hu_to_mu(unit_to_hu(volume), mu_water), geometry)
 
 
+def shadow(geometry: Geometry, device=None) -> torch.Tensor:
+    """The pixels whose ray crosses the volume: (V, R, C) bool, one detector per view.
+
+    A film wider than the volume's shadow (a 430 mm cassette, a real chest film) shows arms
+    and body beyond the reconstructed field; no volume on this grid can explain those
+    pixels, and fitting them anyway bends the volume, so the data term leaves them out.
+    """
+    masks = []
+    for view in geometry.views:
+        spec = get_view(view)
+        d_mm, c_mm, _ = geometry.ray_in_slice(view, device, torch.float64)  # (K, R, 1), (K, 1, C)
+        half = [n * s / 2 for n, s in zip(geometry.volume_shape, geometry.voxel_mm)]
+        rows = (d_mm[:, :, 0].abs() <= half[0]).double()  # (K, R): the ray is inside along d at slice k
+        cols = (c_mm[:, 0, :].abs() <= half[spec.col_axis]).double()  # (K, C): ... and along the column axis
+        masks.append(rows.t() @ cols > 0)  # inside at some slice: (R, C)
+    return torch.stack(masks)
+
+
 def reproject(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog_order: int = 1,
               mu_water: float = 0.02) -> torch.Tensor:
     """The volume's DRRs mapped onto the X-rays' intensities: (B, 1, D, H, W), (B, V, R, C) -> (B, V, R, C) in [0, 1].
@@ -113,6 +131,23 @@ def data_term(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog
         li, xrays = (F.avg_pool2d(t, pool, ceil_mode=True) for t in (li, xrays))
         valid = F.avg_pool2d(valid.to(xrays.dtype), pool, ceil_mode=True) > 1 - 1e-6  # no saturated pixel inside
     return (fit_intensity(li, xrays, fog_order, valid).clamp(0, 1) - xrays).pow(2).mean()
+
+
+def shadow(geometry: Geometry, device=None) -> torch.Tensor:
+    """The pixels whose ray crosses the volume: (V, R, C) bool, one detector per view.
+
+    A film much wider than this shadow (a 430 mm cassette, a real chest film) shows body
+    and arms beyond the reconstructed field, which no volume on this grid can explain.
+    """
+    masks = []
+    for view in geometry.views:
+        spec = get_view(view)
+        d_mm, c_mm, _ = geometry.ray_in_slice(view, device, torch.float64)  # (K, R, 1), (K, 1, C)
+        half = [n * s / 2 for n, s in zip(geometry.volume_shape, geometry.voxel_mm)]
+        rows = (d_mm[:, :, 0].abs() <= half[0]).double()  # (K, R): the ray is inside along d at slice k
+        cols = (c_mm[:, 0, :].abs() <= half[spec.col_axis]).double()  # (K, C): ... and along the column axis
+        masks.append(rows.t() @ cols > 0)  # inside at some slice: (R, C)
+    return torch.stack(masks)
 
 
 # --- the refinement -----------------------------------------------------------------------

@@ -77,6 +77,7 @@ class Result:
     refinement: object = None  # xray2ct.refine.RefineResult, or None when not refined
     projections: str = ""  # the report's physics check (inputs against the result's DRRs), HTML
     mode: str = "biplanar"  # or "frontal only" / "lateral only": which views the reconstruction used
+    refine_skipped: str | None = None  # why refinement did not run although it was on, when it did not
 
 
 def _given(upload) -> bool:
@@ -181,7 +182,7 @@ class Reconstructor:
                                       title=" + ".join(f.name for f in (pa, lat) if f), metrics=metrics or None,
                                       projections=projections, details=study.details())
         return Result(hu, std, spacing, files, time.perf_counter() - started, metrics, note, mesh, warnings,
-                      rec.refinement, projections, study.mode)
+                      rec.refinement, projections, study.mode, rec.refine_skipped)
 
     def _study(self, pa: Path | None, lat: Path | None):
         """The films with their acquisitions (DICOM tags, sidecars, else the training geometry)."""
@@ -270,7 +271,9 @@ def summary_lines(result: Result) -> list[str]:
     else:
         lines.append("Views used: PA and lateral (biplanar).")
     r = result.refinement
-    lines.append("Not refined: the network's volume as it is." if r is None else
+    not_refined = f"Not refined: {result.refine_skipped}." if result.refine_skipped else \
+        "Not refined: the network's volume as it is."
+    lines.append(not_refined if r is None else
                  f"Refined against the X-rays in {r.steps} steps ({r.seconds:.1f} s): mean squared difference "
                  f"between the inputs and the volume's DRRs {r.data_before:.2e} → {r.data_after:.2e}.")
     if result.metrics:

@@ -94,13 +94,14 @@ def run_demo(out: str | Path, device: str = "cpu") -> Iterator[str]:
                **(ground_truth_metrics(rec.volume, ex.ct) if ex.ct is not None else {})}
         if ex.ct is not None and rec.network is not None:
             row["network_psnr"] = ground_truth_metrics(rec.network, ex.ct).get("psnr")
+        row["note"] = "   not refined: film wider than the field" if rec.refine_skipped else ""
         rows.append(row)
     yield Result("against the ground truth, refined against the X-rays (physics); in brackets the network alone")
     for r in rows:
         head = f"{r['id']:<26} {r['views']:<13} {r['acquisition']:<26}"
         if "psnr" in r:
             before = f" ({r['network_psnr']:.2f})" if r.get("network_psnr") is not None else ""
-            yield Result(f"{head} PSNR {r['psnr']:.2f} dB{before}   SSIM {r['ssim']:.3f}   MAE {r['mae']:.0f} HU")
+            yield Result(f"{head} PSNR {r['psnr']:.2f} dB{before}   SSIM {r['ssim']:.3f}   MAE {r['mae']:.0f} HU{r['note']}")
         else:
             yield Result(f"{head} (no ground truth)")
     yield Result(f"volumes (NIfTI, HU) and previews: {out.resolve()}  [{time.monotonic() - started:.1f} s]")

@@ -307,6 +307,7 @@ class Reconstruction:
     reprojected_network: torch.Tensor | None = None  # ... and the network's, when refinement changed it
     network: torch.Tensor | None = None  # (1, 1, n, n, n) the network's own volume, when refinement changed it
     present: tuple = (True, True)  # (frontal, lateral) given; reprojected holds only the given views
+    refine_skipped: str | None = None  # why automatic refinement did not run, when it did not
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -330,9 +331,14 @@ class Reconstruction:
 
 @dataclass(frozen=True)
 class RefineOptions:
-    """What the user asked of refinement; the model's config (`refine` section) fills in the rest."""
+    """What the user asked of refinement; the model's config (`refine` section) fills in the rest.
 
-    enabled: bool = True
+    enabled: True / False, or None (the default): refine unless the films see well beyond the
+    reconstructed field (`AUTO_MIN_SHADOW`), where refinement was measured to cost 1-2 dB
+    (docs/RESULTS.md): the volume would have to explain arms and body outside it.
+    """
+
+    enabled: bool | None = None
     steps: int | None = None  # None: the model's refine.steps
     size: int | None = None  # refine on an N³ grid (prior upsampled); None: the network's grid
 
@@ -340,12 +346,13 @@ class RefineOptions:
         """The model's RefineConfig with the user's steps, or None when refinement is off."""
         import dataclasses
 
-        if not self.enabled:
+        if self.enabled is False:
             return None
         return cfg.refine if self.steps is None else dataclasses.replace(cfg.refine, steps=self.steps)
 
 
 NO_REFINE = RefineOptions(enabled=False)
+AUTO_MIN_SHADOW = 0.9  # auto refinement: the volume's shadow covers at least this share of every film
 MAX_REFINE_STEPS = 10_000
 MAX_REFINE_SIZE = 256  # refinement grid side: 256³ is ~1 min per step on a CPU
 
@@ -367,8 +374,13 @@ def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_st
 
     with using_geometry(model, geometry):
         volume, log_var = predict(model, xrays, dev)
-    result, network = None, None
+    result, network, skipped = None, None, None
     settings = refine.settings(cfg)
+    if settings is not None and refine.enabled is None:
+        skipped = _auto_skip(geometry or cfg.geometry.build(volume.shape[-1], xrays.shape[-1]), present)
+        if skipped:
+            log.info("not refined: %s (pass --refine to refine anyway)", skipped)
+            settings = None
     if settings is not None and log_var is None:
         warnings.warn("this model predicts no uncertainty (no log_var output), which refinement weighs its "
                       "prior by; the network's volume is used as it is", stacklevel=2)
@@ -405,7 +417,19 @@ def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_st
     if with_std and log_var is not None:  # skipped when unused: at an upscaled size it is a large resample
         std = uncertainty_hu(_upscale(log_var, upscale))[0, 0].numpy() * cfg.refine.sigma_scale
     return Reconstruction(volume, hu, std, tuple(cfg.geometry.fov_mm / n for n in hu.shape), xrays, result,
-                          reprojected, reprojected_network, network, tuple(bool(p) for p in present))
+                          reprojected, reprojected_network, network, tuple(bool(p) for p in present), skipped)
+
+
+def _auto_skip(geometry, present) -> str | None:
+    """Why automatic refinement should not run on these films, or None."""
+    from xray2ct.refine import shadow
+
+    share = shadow(geometry).flatten(1).double().mean(1)  # (V,)
+    worst = min(float(share[v]) for v, p in enumerate(present) if p)
+    if worst >= AUTO_MIN_SHADOW:
+        return None
+    return (f"the films see beyond the reconstructed {geometry.volume_shape[0] * geometry.voxel_mm[0]:.0f} mm "
+            f"field (it covers {100 * worst:.0f} % of a film), which refinement cannot explain")
 
 
 def _upscale(vol: torch.Tensor, upscale) -> torch.Tensor:
