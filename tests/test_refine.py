@@ -181,3 +181,22 @@ def test_refine_size_without_refinement_keeps_the_network_grid(tmp_path):
     out = R.reconstruct(pa, lat, tmp_path / "a.nii.gz", device="cpu", report=tmp_path / "a.html",
                         refine=R.RefineOptions(enabled=False, size=64))
     assert load_volume(out)[0].shape == (32, 32, 32) and (tmp_path / "a.html").is_file()
+
+
+def test_automatic_refinement_skips_films_wider_than_the_field_and_says_why(monkeypatch):
+    """Default (enabled=None): a 430 mm film at 1800 mm sees well beyond the 320 mm cube, so refinement
+    is skipped with its reason; at the training geometry it runs; enabled=True forces it."""
+    from xray2ct.acquisition import Acquisition, study_geometry
+    from xray2ct.engine import reconstruct as R
+
+    model, cfg, dev = R.load_for_inference(None, "cpu")
+    nominal = cfg.geometry.build(32, 128)
+    wide = study_geometry(nominal, {v: Acquisition(p, 1650.0, 1800.0, 430.0 / 256).view_setup(
+        (256, 256), (0, 0, 0, 0), 128, nominal) for v, p in (("pa", "PA"), ("lat", "LL"))})
+    x = torch.rand(1, 2, 128, 128)
+    skipped = R.reconstruct_pair(model, cfg, dev, x, refine=R.RefineOptions(steps=2), geometry=wide)
+    assert skipped.refinement is None and "beyond the reconstructed 320 mm field" in skipped.refine_skipped
+    forced = R.reconstruct_pair(model, cfg, dev, x, refine=R.RefineOptions(enabled=True, steps=2), geometry=wide)
+    assert forced.refinement is not None and forced.refine_skipped is None
+    nominal_run = R.reconstruct_pair(model, cfg, dev, x, refine=R.RefineOptions(steps=2))
+    assert nominal_run.refinement is not None and nominal_run.refine_skipped is None
