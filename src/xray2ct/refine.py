@@ -91,24 +91,6 @@ def line_integrals(volume: torch.Tensor, geometry: Geometry, mu_water: float = 0
     return project(hu_to_mu(unit_to_hu(volume), mu_water), geometry)
 
 
-def shadow(geometry: Geometry, device=None) -> torch.Tensor:
-    """The pixels whose ray crosses the volume: (V, R, C) bool, one detector per view.
-
-    A film wider than the volume's shadow (a 430 mm cassette, a real chest film) shows arms
-    and body beyond the reconstructed field; no volume on this grid can explain those
-    pixels, and fitting them anyway bends the volume, so the data term leaves them out.
-    """
-    masks = []
-    for view in geometry.views:
-        spec = get_view(view)
-        d_mm, c_mm, _ = geometry.ray_in_slice(view, device, torch.float64)  # (K, R, 1), (K, 1, C)
-        half = [n * s / 2 for n, s in zip(geometry.volume_shape, geometry.voxel_mm)]
-        rows = (d_mm[:, :, 0].abs() <= half[0]).double()  # (K, R): the ray is inside along d at slice k
-        cols = (c_mm[:, 0, :].abs() <= half[spec.col_axis]).double()  # (K, C): ... and along the column axis
-        masks.append(rows.t() @ cols > 0)  # inside at some slice: (R, C)
-    return torch.stack(masks)
-
-
 def reproject(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog_order: int = 1,
               mu_water: float = 0.02) -> torch.Tensor:
     """The volume's DRRs mapped onto the X-rays' intensities: (B, 1, D, H, W), (B, V, R, C) -> (B, V, R, C) in [0, 1].
