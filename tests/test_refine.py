@@ -184,8 +184,9 @@ def test_refine_size_without_refinement_keeps_the_network_grid(tmp_path):
 
 
 def test_automatic_refinement_skips_films_wider_than_the_field_and_says_why(monkeypatch):
-    """Default (enabled=None): a 430 mm film at 1800 mm sees well beyond the 320 mm cube, so refinement
-    is skipped with its reason; at the training geometry it runs; enabled=True forces it."""
+    """Default (enabled=None): a 430 mm film at 1800 mm showing matter well beyond the 320 mm cube is not
+    refined, with its reason; the same film with air around the cube is; at the training geometry it
+    runs; enabled=True forces it."""
     from xray2ct.acquisition import Acquisition, study_geometry
     from xray2ct.engine import reconstruct as R
 
@@ -193,9 +194,14 @@ def test_automatic_refinement_skips_films_wider_than_the_field_and_says_why(monk
     nominal = cfg.geometry.build(32, 128)
     wide = study_geometry(nominal, {v: Acquisition(p, 1650.0, 1800.0, 430.0 / 256).view_setup(
         (256, 256), (0, 0, 0, 0), 128, nominal) for v, p in (("pa", "PA"), ("lat", "LL"))})
-    x = torch.rand(1, 2, 128, 128)
+    x = torch.rand(1, 2, 128, 128)  # grey everywhere: matter outside the cube's shadow
     skipped = R.reconstruct_pair(model, cfg, dev, x, refine=R.RefineOptions(steps=2), geometry=wide)
     assert skipped.refinement is None and "beyond the reconstructed 320 mm field" in skipped.refine_skipped
+    from xray2ct.refine import shadow
+
+    air_around = x * shadow(wide)[None]  # the same film with air outside the shadow: refined
+    assert R.reconstruct_pair(model, cfg, dev, air_around, refine=R.RefineOptions(steps=2),
+                              geometry=wide).refinement is not None
     forced = R.reconstruct_pair(model, cfg, dev, x, refine=R.RefineOptions(enabled=True, steps=2), geometry=wide)
     assert forced.refinement is not None and forced.refine_skipped is None
     nominal_run = R.reconstruct_pair(model, cfg, dev, x, refine=R.RefineOptions(steps=2))

@@ -333,9 +333,10 @@ class Reconstruction:
 class RefineOptions:
     """What the user asked of refinement; the model's config (`refine` section) fills in the rest.
 
-    enabled: True / False, or None (the default): refine unless the films see well beyond the
-    reconstructed field (`AUTO_MIN_SHADOW`), where refinement was measured to cost 1-2 dB
-    (docs/RESULTS.md): the volume would have to explain arms and body outside it.
+    enabled: True / False, or None (the default): refine unless a film shows anatomy well
+    beyond the reconstructed field (`AUTO_MIN_SHADOW`, `AUTO_MAX_OUTSIDE`), where refinement
+    was measured to cost 1-2 dB (docs/RESULTS.md): the volume would have to explain arms and
+    body outside it. A wide film of air around the field is refined.
     """
 
     enabled: bool | None = None
@@ -352,7 +353,8 @@ class RefineOptions:
 
 
 NO_REFINE = RefineOptions(enabled=False)
-AUTO_MIN_SHADOW = 0.9  # auto refinement: the volume's shadow covers at least this share of every film
+AUTO_MIN_SHADOW = 0.9  # auto refinement: the volume's shadow covers at least this share of every film, ...
+AUTO_MAX_OUTSIDE = 0.05  # ... or what lies outside it is air (mean grey below this)
 MAX_REFINE_STEPS = 10_000
 MAX_REFINE_SIZE = 256  # refinement grid side: 256³ is ~1 min per step on a CPU
 
@@ -377,7 +379,7 @@ def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_st
     result, network, skipped = None, None, None
     settings = refine.settings(cfg)
     if settings is not None and refine.enabled is None:
-        skipped = _auto_skip(geometry or cfg.geometry.build(volume.shape[-1], xrays.shape[-1]), present)
+        skipped = _auto_skip(geometry or cfg.geometry.build(volume.shape[-1], xrays.shape[-1]), present, xrays)
         if skipped:
             log.info("not refined: %s (pass --refine to refine anyway)", skipped)
             settings = None
@@ -420,16 +422,22 @@ def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_st
                           reprojected, reprojected_network, network, tuple(bool(p) for p in present), skipped)
 
 
-def _auto_skip(geometry, present) -> str | None:
-    """Why automatic refinement should not run on these films, or None."""
+def _auto_skip(geometry, present, xrays: torch.Tensor) -> str | None:
+    """Why automatic refinement should not run on these films, or None: a film that shows
+    matter (not air) outside the volume's shadow sees anatomy the volume cannot explain."""
     from xray2ct.refine import shadow
 
-    share = shadow(geometry).flatten(1).double().mean(1)  # (V,)
-    worst = min(float(share[v]) for v, p in enumerate(present) if p)
-    if worst >= AUTO_MIN_SHADOW:
-        return None
-    return (f"the films see beyond the reconstructed {geometry.volume_shape[0] * geometry.voxel_mm[0]:.0f} mm "
-            f"field (it covers {100 * worst:.0f} % of a film), which refinement cannot explain")
+    inside = shadow(geometry)  # (V, R, C)
+    for v, given in enumerate(present):
+        outside = ~inside[v]
+        if not given or outside.double().mean() < 1 - AUTO_MIN_SHADOW:
+            continue
+        seen = float(xrays[0, v][outside].float().mean())  # films are [0, 1] with air at 0
+        if seen > AUTO_MAX_OUTSIDE:
+            return (f"the films show anatomy beyond the reconstructed {geometry.volume_shape[0] * geometry.voxel_mm[0]:.0f}"
+                    f" mm field ({100 * float(outside.double().mean()):.0f} % of a film lies outside it), which "
+                    "refinement cannot explain")
+    return None
 
 
 def _upscale(vol: torch.Tensor, upscale) -> torch.Tensor:
