@@ -195,8 +195,9 @@ def reconstruct(
                                           "{id}_report.html."),
     refine: Optional[bool] = typer.Option(None, help="Refine the network's volume so its DRRs match the X-rays, "
                                           "weighted by its own uncertainty (physics-consistent). Default: refine "
-                                          "unless the films see well beyond the reconstructed field (a wide "
-                                          "cassette), where it costs quality; --no-refine: the network's output."),
+                                          "unless a film shows anatomy well beyond the reconstructed field (a "
+                                          "wide cassette), where it costs quality; --no-refine: the network's "
+                                          "output."),
     refine_steps: Optional[int] = typer.Option(None, min=0, help="Most refinement steps (default: the model's, "
                                                "early stopping may end sooner)."),
     refine_size: Optional[int] = typer.Option(None, min=8, help="Refine on an N³ grid (the network's volume "
