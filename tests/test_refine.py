@@ -122,7 +122,7 @@ def test_reconstruct_refines_by_default_and_no_refine_is_the_network(tmp_path):
     from xray2ct.data.ctio import load_volume
     from xray2ct.engine import reconstruct as R
 
-    pa, lat, truth = _example("phantom_9500011")
+    pa, lat, truth = _example("phantom_0018")
     model, cfg, dev = R.load_for_inference(None, "cpu")
     network, _ = R.predict(model, R.load_pair(pa, lat, cfg.model.xray_img_size), dev)
     scores = {}
@@ -143,7 +143,7 @@ def test_cli_refine_options(tmp_path):
 
     from xray2ct.cli import app
 
-    pa, lat, _ = _example("phantom_9500017")
+    pa, lat, _ = _example("phantom_0019")
     runner = CliRunner()
     r = runner.invoke(app, ["reconstruct", "--pa", pa, "--lat", lat, "--out", str(tmp_path / "a.nii.gz"),
                             "--refine-steps", "5", "--device", "cpu"])
@@ -177,7 +177,7 @@ def test_refine_size_without_refinement_keeps_the_network_grid(tmp_path):
     from xray2ct.data.ctio import load_volume
     from xray2ct.engine import reconstruct as R
 
-    pa, lat, _ = _example("phantom_9500011")
+    pa, lat, _ = _example("phantom_0018")
     out = R.reconstruct(pa, lat, tmp_path / "a.nii.gz", device="cpu", report=tmp_path / "a.html",
                         refine=R.RefineOptions(enabled=False, size=64))
     assert load_volume(out)[0].shape == (32, 32, 32) and (tmp_path / "a.html").is_file()

@@ -3,9 +3,10 @@
     python tools/make_examples.py            # into src/xray2ct/assets/examples/
 
 From held-out chest phantoms v2 (seeds no training pool uses), 32³ at 10 mm:
-  phantom_{seed}_pa.png / _lat.png   DRRs at the training geometry as `xray2ct phantoms` writes
-                                      them (16-bit PNG), three cases
-  styled_{seed}_pa.jpg / _lat.jpg    one of those restyled like a film (blur, scatter, noise,
+  phantom_{id}_pa.png / _lat.png     DRRs at the training geometry as `xray2ct phantoms` writes
+                                      them (16-bit PNG), three cases (ids 0018, 0019, 0027: the
+                                      first bundle's names, which scripts refer to)
+  styled_phantom_0018_pa.jpg / ...   the first restyled like a film (blur, scatter, noise,
                                       gamma; 8-bit JPEG)
   dicom_{seed}_pa.dcm / _lat.dcm     a chest-radiography acquisition as a hospital stores it: DX
                                       DICOM, source–detector 1800 mm, patient centre 150 mm from a
@@ -35,6 +36,8 @@ from xray2ct.physics.radiograph import RadiographStyle, drr_to_radiograph
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "xray2ct" / "assets" / "examples"
 SIZE, FOV = 32, 320.0
 SEEDS = (9_500_011, 9_500_017, 9_500_023)  # held out: the training pools use seeds < 10^6
+# the phantom examples keep the ids of the first bundle: scripts and checks refer to them
+NAMES = dict(zip(SEEDS, ("phantom_0018", "phantom_0019", "phantom_0027")))
 DICOM_SEED, PA_ONLY_SEED = 9_500_031, 9_500_037
 SID, PATIENT_TO_DETECTOR, CASSETTE, FILM_PX = 1800.0, 150.0, 430.0, 256
 MARGIN = 8  # voxels of wide field per side (80 mm): what a 430 mm film sees around the cube
@@ -64,16 +67,16 @@ def main() -> None:
     for seed in SEEDS:
         hu = chest_phantom(SIZE, seed, fov_mm=FOV)
         for view, img in zip(("pa", "lat"), render_drrs(hu, spacing, xray_size=128)):
-            save_png16(out / f"phantom_{seed}_{view}.png", img)
-        save_nifti(out / f"phantom_{seed}_ct.nii.gz", hu, spacing, dtype="int16")
+            save_png16(out / f"{NAMES[seed]}_{view}.png", img)
+        save_nifti(out / f"{NAMES[seed]}_ct.nii.gz", hu, spacing, dtype="int16")
 
     seed = SEEDS[0]  # the same anatomy, looking like a film: a fixed, moderate style draw
     style = RadiographStyle(blur_px=1.0, scatter=0.15, noise=0.02, gamma=(0.9, 1.1), contrast=(0.9, 1.1), rotate_deg=2)
     hu = chest_phantom(SIZE, seed, fov_mm=FOV)
     films = style(torch.from_numpy(render_drrs(hu, spacing, xray_size=256))[:, None], torch.Generator().manual_seed(7))
     for view, film in zip(("pa", "lat"), films[:, 0].numpy()):
-        Image.fromarray((film * 255).round().astype(np.uint8)).save(out / f"styled_{seed}_{view}.jpg", quality=90)
-    save_nifti(out / f"styled_{seed}_ct.nii.gz", hu, spacing, dtype="int16")
+        Image.fromarray((film * 255).round().astype(np.uint8)).save(out / f"styled_{NAMES[seed]}_{view}.jpg", quality=90)
+    save_nifti(out / f"styled_{NAMES[seed]}_ct.nii.gz", hu, spacing, dtype="int16")
 
     sod = SID - PATIENT_TO_DETECTOR
     films, cube = clinical_films(DICOM_SEED)
