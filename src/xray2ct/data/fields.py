@@ -16,7 +16,6 @@ N, N) the target in [0, 1], "index": int (seeds the sample's acquisition), "id":
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from pathlib import Path
@@ -41,9 +40,7 @@ def wide_phantom(size: int, seed: int, fov_mm: float, margin: int, version: int 
     """A chest phantom over the cube plus `margin` voxels per side: HU (size + 2 margin)³, float32."""
     from xray2ct.data.phantoms import chest_phantom
 
-    if "margin" in inspect.signature(chest_phantom).parameters:  # issue #15: the body continues
-        return chest_phantom(size, seed, fov_mm=fov_mm, version=version, margin=margin)
-    return fit_field(chest_phantom(size, seed, fov_mm=fov_mm), size, margin)  # before #15: air around
+    return chest_phantom(size, seed, fov_mm=fov_mm, version=version, margin=margin)  # the body continues
 
 
 def fit_field(hu: np.ndarray | torch.Tensor, cube: int, margin: int):
