@@ -74,11 +74,12 @@ def default_data_dir(cfg: Config, n: int = 200, seed: int = 0) -> Path:
     from xray2ct.data.prepare import make_phantom_dataset
 
     root = Path(os.environ.get("XRAY2CT_CACHE", Path.home() / ".cache" / "xray2ct"))
-    folder = root / f"phantoms-{cfg.model.volume_size}-n{n}-s{seed}"
+    version = 2  # the generator make_phantom_dataset uses; in the name, so a v1 cache is never reused
+    folder = root / f"phantoms-{cfg.model.volume_size}-n{n}-s{seed}-v{version}"
     if not (folder / "splits.json").is_file():
         log.info("no data given: generating %d phantoms into %s", n, folder)
         make_phantom_dataset(folder, n=n, size=cfg.model.volume_size, seed=seed,
-                             xray_size=cfg.model.xray_img_size, progress=True)
+                             xray_size=cfg.model.xray_img_size, progress=True, version=version)
     return folder
 
 
