@@ -19,6 +19,24 @@ DX_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage 
 POSITIONS = ("PA", "AP", "LL", "RL")
 
 
+def new_dataset(sop_class_uid: str):
+    """An empty pydicom Dataset of one SOP class with its file meta (explicit VR little endian)
+    and a fresh SOP instance UID: what every file we write starts from."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def save_film_dicom(path: str | os.PathLike, image: np.ndarray, pixel_mm: float, source_det_mm: float,
                     source_patient_mm: float, position: str, monochrome1: bool = False, bits: int = 12,
                     description: str = "xray2ct example (rendered, not a patient)") -> Path:
@@ -32,9 +50,7 @@ def save_film_dicom(path: str | os.PathLike, image: np.ndarray, pixel_mm: float,
         monochrome1: store inverted (MONOCHROME1: the lowest value is displayed white).
         bits: BitsStored (8–16); values fill [0, 2^bits − 1].
     """
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+    from pydicom.uid import generate_uid
 
     if position not in POSITIONS:
         raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
@@ -47,14 +63,7 @@ def save_film_dicom(path: str | os.PathLike, image: np.ndarray, pixel_mm: float,
     stored = np.rint(np.clip(img, 0, 1) * top).astype(np.uint16)
     if monochrome1:
         stored = top - stored
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DX_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = DX_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+    ds = new_dataset(DX_IMAGE_STORAGE)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     now = datetime.datetime.now()
     ds.StudyDate = ds.ContentDate = now.strftime("%Y%m%d")

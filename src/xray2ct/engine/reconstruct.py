@@ -188,9 +188,9 @@ def save_dicom_series(folder: Path, hu: np.ndarray, spacing: tuple, description:
     """
     import datetime
 
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+    from pydicom.uid import generate_uid
+
+    from xray2ct.data.filmdicom import new_dataset
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -203,14 +203,7 @@ def save_dicom_series(folder: Path, hu: np.ndarray, spacing: tuple, description:
     tmp = new_temp_folder(folder)  # also removes the temp folders of a killed earlier write
     try:
         for k in range(d):
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-            ds = pydicom.Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+            ds = new_dataset(CT_IMAGE_STORAGE)
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
             ds.Modality, ds.Manufacturer = "CT", "xray2ct"
             ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Anonymous", "xray2ct", "", ""
