@@ -5,9 +5,10 @@ the bundled weights' data, byte-identical per seed), version 2 the default (adul
 arms, scan coverage, couch, contrast, chambers, abdomen, disease, devices).
 
 Modules, bottom-up: `tissues` (labels, HU tables), `shapes` (signed distances in mm),
-`canvas` (the grid, partial-volume painting, batched tubes), `v1`; v2's `params` (the
+`canvas` (the grid, partial-volume painting, batched tubes); v2's `params` (the
 distribution), `habitus` (outline, landmarks), `limbs`, `lungs`, `mediastinum`, `abdomen`,
-`spine`, `ribs`, `disease`, `coverage` (scan range, reconstruction circle, couch), `v2`.
+`spine`, `ribs`, `disease`, `coverage` (scan range, reconstruction circle, couch), `v2`;
+`v1` (it borrows the vessel trees, airways, ribs and vertebrae of `lungs`, `ribs`, `spine`).
 """
 from __future__ import annotations
 

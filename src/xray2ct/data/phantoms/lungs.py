@@ -1,5 +1,7 @@
 """v2 lungs: parenchyma (dependent and perihilar density, emphysema), pulmonary vessel trees
-whose calibre and density fall toward the periphery, and the airways. Patient mm."""
+whose calibre and density fall toward the periphery, and the airways. Patient mm. v1 builds its
+vessel trees and airways with the same `vessel_segments` and `airway_tubes`, passing its own
+constants and landmarks."""
 from __future__ import annotations
 
 import math
@@ -66,25 +68,36 @@ def paint_lungs(cv: Canvas, b: Body, hu, emphysema: bool):
     return full
 
 
-def vessel_segments(rng: np.random.Generator, b: Body):
+def vessel_segments(rng: np.random.Generator, hila, *, roots: int = VESSEL_ROOTS,
+                    generations: int = VESSEL_GENERATIONS, root_r_mm=(4.0, 5.5),
+                    length_ratio: float = 0.75, radius_ratio: float = 0.66):
     """Random branching trees from each hilum: radius and length shrink each generation, so
-    calibre and the number of vessels per volume fall toward the periphery."""
+    calibre and the number of vessels per volume fall toward the periphery.
+
+    Args:
+        hila: (z, y, x) mm of the right then the left hilum (`hilum`).
+        roots: trees per lung.
+        generations: tree depth; each branch splits in two, 2**generations - 1 segments a tree.
+        root_r_mm: (low, high) of the uniform radius of a tree's first segment.
+        length_ratio, radius_ratio: a child branch's length and radius over its parent's.
+
+    The defaults are v2's. v1 passes every one of its own, so retuning v2 here cannot change
+    v1's output, which stays byte-identical per seed."""
     segs = []
-    for side in (-1.0, 1.0):
-        root = hilum(b, side)
-        for k in range(VESSEL_ROOTS):
+    for side, root in zip((-1.0, 1.0), hila):
+        for k in range(roots):
             # Spread the roots over the lobes: from up-lateral to down-lateral.
-            phi = math.pi * (k + rng.uniform(0.2, 0.8)) / VESSEL_ROOTS
+            phi = math.pi * (k + rng.uniform(0.2, 0.8)) / roots
             d0 = np.array([-math.cos(phi), rng.uniform(-0.6, 0.6), side * (0.4 + math.sin(phi))])
-            stack = [(root, d0 / np.linalg.norm(d0), rng.uniform(25.0, 35.0), rng.uniform(4.0, 5.5), 0)]
+            stack = [(root, d0 / np.linalg.norm(d0), rng.uniform(25.0, 35.0), rng.uniform(*root_r_mm), 0)]
             while stack:
                 a, d, length, r, gen = stack.pop()
                 end = a + d * length
                 segs.append((a, end, r, 0.85 * r))
-                if gen + 1 < VESSEL_GENERATIONS:
+                if gen + 1 < generations:
                     for _ in range(2):
                         nd = d + rng.normal(0.0, 0.45, 3)
-                        stack.append((end, nd / np.linalg.norm(nd), 0.75 * length, 0.66 * r, gen + 1))
+                        stack.append((end, nd / np.linalg.norm(nd), length_ratio * length, radius_ratio * r, gen + 1))
     return segs
 
 
@@ -98,14 +111,22 @@ def trachea_y(b: Body, z):
     return b.spine_y(z) - 32.0
 
 
+def airway_tubes(top, carina, hila) -> list:
+    """Capsules of the trachea from `top` to the `carina`, the main bronchi to just behind each
+    hilum, and the upper and lower lobe bronchi; points (z, y, x) mm, `hila` right then left.
+    v1 builds its airways here too, from its own landmarks."""
+    segs = polyline([top, carina], [9.0, 8.5])
+    for side, root in zip((-1.0, 1.0), hila):
+        hil = root + np.array([0.0, 12.0, 0.0])  # bronchi run behind the arteries
+        segs += polyline([carina, hil], [6.5, 5.5])
+        for dz in (-35.0, 35.0):  # upper and lower lobe bronchi
+            segs += polyline([hil, hil + np.array([dz, 5.0, side * 25.0])], [4.5, 3.0])
+    return segs
+
+
 def paint_airways(cv: Canvas, b: Body, hu):
     """Trachea from the neck to the carina, main and lobar bronchi."""
     car = np.array([b.carina_z, float(trachea_y(b, b.carina_z)), 0.0])
     top = np.array([b.apex_z - 400.0, float(trachea_y(b, b.apex_z - 60.0)), 0.0])
-    segs = polyline([top, car], [9.0, 8.5])
-    for side in (-1.0, 1.0):
-        hil = hilum(b, side) + np.array([0.0, 12.0, 0.0])  # bronchi run behind the arteries
-        segs += polyline([car, hil], [6.5, 5.5])
-        for dz in (-35.0, 35.0):  # upper and lower lobe bronchi
-            segs += polyline([hil, hil + np.array([dz, 5.0, side * 25.0])], [4.5, 3.0])
+    segs = airway_tubes(top, car, [hilum(b, side) for side in (-1.0, 1.0)])
     cv.paint_tubes(segs, [(Tissue.GAS, hu[Tissue.GAS], 0.0)])

@@ -1,5 +1,6 @@
 """v2 rib cage: twelve ribs per side from the spine round the chest wall, costal cartilage
-to the sternum, and the sternum (manubrium, body). Patient mm."""
+to the sternum, and the sternum (manubrium, body). Patient mm. v1 builds its ribs with the same
+`rib_tubes`, passing its own rib path and sternum."""
 from __future__ import annotations
 
 import math
@@ -39,18 +40,32 @@ def sternum_y(b: Body, z):
     return b.front_y(z) + b.fat(z) + 9.0
 
 
-def paint_ribs_and_sternum(cv: Canvas, b: Body, hu):
-    top, bottom = b.sternum_top, b.sternum_bottom
+def rib_tubes(path, sternum_y, top: float, bottom: float, n_ribs: int = N_RIBS):
+    """Capsules (bones, cartilage) of both sides' ribs, right side first; v1 builds its ribs
+    here too, with its own path, sternum and count.
+
+    Args:
+        path: (k, side) -> points of rib k (0 = first rib), side -1 right, +1 left (`rib_path`).
+        sternum_y: z -> y (mm) of the sternum's centre (`sternum_y`).
+        top, bottom: z (mm) of the sternum's ends; the true ribs attach evenly between them.
+        n_ribs: ribs per side.
+    """
     bones, cartilage = [], []  # bones: cortical tubes with a cancellous core
     for side in (-1.0, 1.0):
-        for k in range(N_RIBS):
-            pts = rib_path(b, k, side)
+        for k in range(n_ribs):
+            pts = path(k, side)
             bones += polyline(pts, [5.0] * len(pts))
             if k < 7:  # true ribs reach the sternum through cartilage
                 z_att = top + 15.0 + k * (bottom - top - 30.0) / 6
-                end = np.array([z_att, float(sternum_y(b, z_att)), side * 13.0])
+                end = np.array([z_att, float(sternum_y(z_att)), side * 13.0])
                 mid = 0.5 * (pts[-1] + end) + np.array([0.0, -4.0, side * 8.0])
                 cartilage += polyline([pts[-1], mid, end], [4.5, 4.5, 4.0])
+    return bones, cartilage
+
+
+def paint_ribs_and_sternum(cv: Canvas, b: Body, hu):
+    top, bottom = b.sternum_top, b.sternum_bottom
+    bones, cartilage = rib_tubes(lambda k, side: rib_path(b, k, side), lambda z: sternum_y(b, z), top, bottom)
     cv.paint_tubes(cartilage, [(Tissue.CARTILAGE, hu[Tissue.CARTILAGE], 0.0)])
     cv.paint_tubes(bones, [(Tissue.CORTICAL, hu[Tissue.CORTICAL], 0.0),
                            (Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS], 2.3)])

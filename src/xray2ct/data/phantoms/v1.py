@@ -12,6 +12,9 @@ right→left. `patient_mm` coordinates use the same axes, written (z, y, x) in t
 z along d, y along h, x along w (x > 0 is the patient's left). The patient is placed in
 the world frame (origin at the volume centre) with a small random shift and rotation
 about d.
+
+The vessel trees, airways, ribs and vertebrae come from v2's `lungs`, `ribs` and `spine`,
+with v1's constants passed explicitly; `tests/test_phantoms.py` pins the output by seed.
 """
 from __future__ import annotations
 
@@ -21,7 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .canvas import Canvas
+from .lungs import airway_tubes, vessel_segments
+from .ribs import rib_tubes
 from .shapes import ellipse_sd, polyline, smoothstep
+from .spine import paint_vertebra, process_tubes
 from .tissues import TEXTURE_HU, TISSUE_HU, Tissue
 
 N_RIBS = 12  # per side
@@ -197,36 +203,10 @@ def _hilum(b: _Body, side: float):
     return np.array([b.carina_z + 20.0, -0.1 * b.ah, side * (b.p.mediastinum_mm + 30.0)])
 
 
-def _vessel_segments(rng: np.random.Generator, b: _Body):
-    """Random branching trees from each hilum: radius and length shrink each generation."""
-    segs = []
-    for side in (-1.0, 1.0):
-        root = _hilum(b, side)
-        for k in range(VESSEL_ROOTS):
-            # Spread the roots over the lobes: from up-lateral to down-lateral.
-            phi = math.pi * (k + rng.uniform(0.2, 0.8)) / VESSEL_ROOTS
-            d0 = np.array([-math.cos(phi), rng.uniform(-0.6, 0.6), side * (0.4 + math.sin(phi))])
-            stack = [(root, d0 / np.linalg.norm(d0), rng.uniform(25.0, 35.0), rng.uniform(3.5, 5.0), 0)]
-            while stack:
-                a, d, length, r, gen = stack.pop()
-                end = a + d * length
-                segs.append((a, end, r, 0.85 * r))
-                if gen + 1 < VESSEL_GENERATIONS:
-                    for _ in range(2):
-                        nd = d + rng.normal(0.0, 0.45, 3)
-                        stack.append((end, nd / np.linalg.norm(nd), 0.78 * length, 0.68 * r, gen + 1))
-    return segs
-
-
 def _paint_airways(cv: Canvas, b: _Body, hu):
     car = np.array([b.carina_z, b.spine_y(b.carina_z) - 32.0, 0.0])
     top = np.array([-400.0, b.spine_y(-150.0) - 30.0, 0.0])
-    segs = polyline([top, car], [9.0, 8.5])
-    for side in (-1.0, 1.0):
-        hil = _hilum(b, side) + np.array([0.0, 12.0, 0.0])  # bronchi run behind the arteries
-        segs += polyline([car, hil], [6.5, 5.5])
-        for dz in (-35.0, 35.0):  # upper and lower lobe bronchi
-            segs += polyline([hil, hil + np.array([dz, 5.0, side * 25.0])], [4.5, 3.0])
+    segs = airway_tubes(top, car, [_hilum(b, side) for side in (-1.0, 1.0)])
     cv.paint_tubes(segs, [(Tissue.GAS, hu[Tissue.GAS], 0.0)])
 
 
@@ -277,36 +257,14 @@ def _paint_heart_and_vessels(cv: Canvas, b: _Body, hu):
 def _paint_spine(cv: Canvas, b: _Body, hu):
     """Vertebrae (body with cortical rim, disc below, arch, processes) and the canal."""
     p = b.p
-    pitch, disc = p.vertebra_pitch, 0.22 * p.vertebra_pitch
-    hh = (pitch - disc) / 2  # half-height of a body
-    canal_r = 7.0
+    pitch = p.vertebra_pitch
     processes = []
     for i in range(-6, 16):
         zi = p.shoulder_z + i * pitch  # the first thoracic body sits at the shoulder line
         sc = 0.75 + 0.4 * float(np.clip((zi - p.shoulder_z + 100.0) / 400.0, 0.0, 1.0))  # bodies grow caudally
-        ry, rx = 13.0 * sc, 17.0 * sc
         ys = float(b.spine_y(zi))
-        yc = ys + ry + 2.0 + canal_r  # canal centre
-        box = ((zi - pitch, ys - rx, -rx - 5), (zi + pitch, yc + canal_r + 8, rx + 5))
-
-        def body(z, y, x, shrink=0.0, zi=zi, ys=ys, ry=ry, rx=rx):
-            return np.maximum(ellipse_sd((y - ys, x), (ry - shrink, rx - shrink)), np.abs(z - zi) - hh + shrink)
-
-        def ring(z, y, x, yc=yc, zi=zi):
-            rho = np.sqrt((y - yc) ** 2 + x**2)
-            return np.maximum(np.abs(rho - canal_r - 3.0) - 3.0, np.abs(z - zi) - hh)  # pedicles and laminae
-
-        cv.paint_sd(box, lambda z, y, x, f=body: np.maximum(f(z - pitch / 2, y, x, shrink=1.0), np.abs(z - zi - pitch / 2) - disc / 2),
-                    Tissue.DISC, hu[Tissue.DISC])
-        cv.paint_sd(box, body, Tissue.CORTICAL, hu[Tissue.CORTICAL])
-        cv.paint_sd(box, lambda z, y, x, f=body: f(z, y, x, shrink=2.5), Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS])
-        cv.paint_sd(box, ring, Tissue.CORTICAL, 0.85 * hu[Tissue.CORTICAL])
-        cv.paint_sd(box, lambda z, y, x, yc=yc, zi=zi: np.maximum(np.sqrt((y - yc) ** 2 + x**2) - canal_r,
-                                                                   np.abs(z - zi) - pitch / 2),
-                    Tissue.CORD, hu[Tissue.CORD])
-        processes += polyline([[zi, yc + canal_r + 4.0, 0.0], [zi + 0.6 * pitch, yc + 28.0, 0.0]], [4.5, 3.5])  # spinous
-        for side in (-1.0, 1.0):  # transverse processes
-            processes += polyline([[zi, yc, side * (canal_r + 4.0)], [zi - 2.0, yc + 6.0, side * 30.0]], [4.5, 3.5])
+        yc = paint_vertebra(cv, hu, zi, ys, sc, pitch, pin_amin=False)
+        processes += process_tubes(zi, yc, pitch, spinous_slope=0.6, spinous_tip=28.0, transverse_reach=30.0)
     cv.paint_tubes(processes, [(Tissue.CORTICAL, 0.85 * hu[Tissue.CORTICAL], 0.0)])
 
 
@@ -339,16 +297,11 @@ def _paint_chest_wall(cv: Canvas, b: _Body, hu):
     """Ribs with costal cartilage, sternum, clavicles and scapulae."""
     p = b.p
     top, bottom = b.sternum_top, b.sternum_top + 165.0
-    bones, cartilage = [], []  # bones: cortical tubes with a cancellous core
+    bones, cartilage = rib_tubes(lambda k, side: _rib_path(b, k, side), lambda z: _sternum_y(b, z), top, bottom,
+                                 n_ribs=N_RIBS)
+    # The clavicles come after both sides' ribs in `bones`; tubes are united by max
+    # (`Canvas.tubes`), so their order changes no voxel.
     for side in (-1.0, 1.0):
-        for k in range(N_RIBS):
-            pts = _rib_path(b, k, side)
-            bones += polyline(pts, [5.0] * len(pts))
-            if k < 7:  # true ribs reach the sternum through cartilage
-                z_att = top + 15.0 + k * (bottom - top - 30.0) / 6
-                end = np.array([z_att, float(_sternum_y(b, z_att)), side * 13.0])
-                mid = 0.5 * (pts[-1] + end) + np.array([0.0, -4.0, side * 8.0])
-                cartilage += polyline([pts[-1], mid, end], [4.5, 4.5, 4.0])
         # Clavicle: from the manubrium out, back and slightly up to the shoulder.
         cy, ah, aw, fat = (float(v) for v in b.outline(top))
         ys = float(_sternum_y(b, top))
@@ -389,7 +342,9 @@ def chest_phantom_v1(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
     rng = np.random.default_rng(seed)
     p = PhantomParams.draw(rng)
     b = _Body(p)
-    vessels = _vessel_segments(rng, b)
+    vessels = vessel_segments(rng, [_hilum(b, side) for side in (-1.0, 1.0)], roots=VESSEL_ROOTS,
+                              generations=VESSEL_GENERATIONS, root_r_mm=(3.5, 5.0), length_ratio=0.78,
+                              radius_ratio=0.68)
     cv = Canvas(size, fov_mm, p.rotation_deg, p.shift_mm, margin)
     hu = p.hu
     _paint_body(cv, b, hu)

@@ -21,7 +21,7 @@ def chest_phantom_v2(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
     p = PhantomParamsV2.draw(rng)
     b = habitus.Body(p)
     # Every random draw happens before painting, so the anatomy does not depend on the grid.
-    vessels = lungs.vessel_segments(rng, b)
+    vessels = lungs.vessel_segments(rng, [lungs.hilum(b, side) for side in (-1.0, 1.0)])
     pockets = abdomen.colon_pockets(rng, b)
     lesions = disease.draw_lesions(rng, b)
     texture_rng = np.random.default_rng(rng.integers(2**63))
