@@ -56,6 +56,40 @@ def test_validation_acquisitions_are_fixed_half_nominal():
     assert [a.nominal for a in first] == [True, False] * 3 and all(a.dropped is None for a in first)
 
 
+def test_prefetched_films_equal_the_synchronous_ones_and_stop_cleanly(pool):
+    """`stream` renders the next batch in a background thread on a CPU: same films, same
+    order, the loader's error reaches the caller, and leaving the loop early joins the thread."""
+    import threading
+
+    from torch.utils.data import DataLoader
+
+    from xray2ct.engine.films import RenderedInputs
+
+    cfg = load_config(ROOT / "configs/cpu-small.json", overrides={**RENDER, "model.volume_size": 16,
+                                                                   "data.acquisition.margin_mm": 80.0})
+    inputs = RenderedInputs(cfg, torch.device("cpu"), train=True)
+    inputs.set_epoch(2)
+    loader = DataLoader(FieldDataset(pool, None, volume_size=16, margin=4), batch_size=2)
+    expected = [inputs(b) for b in loader]
+    streamed = list(inputs.stream(loader))
+    assert len(streamed) == len(expected) == 2
+    for (x0, c0, g0), (x1, c1, g1) in zip(expected, streamed):
+        torch.testing.assert_close(x1, x0, rtol=0, atol=0)
+        torch.testing.assert_close(c1, c0, rtol=0, atol=0)
+        assert g1 == g0
+
+    for _ in inputs.stream(loader):
+        break
+    assert not [t for t in threading.enumerate() if t.name.startswith("xray2ct-films")]
+
+    def broken():
+        yield next(iter(loader))
+        raise ValueError("case 7: unreadable")
+
+    with pytest.raises(ValueError, match="case 7"):
+        list(inputs.stream(broken()))
+
+
 def test_loader_suite_quick_measures_both_paths():
     from xray2ct.benchmark import run_suite
 

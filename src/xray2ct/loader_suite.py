@@ -6,8 +6,10 @@ seeds: *stored* reads the dataset's PNG DRRs through `BiplanarDataset` (decoded 
 film-style augmentation per item, as `xray2ct train` runs it), *rendered* reads wide fields
 from a `phantom_pool` and renders both films of every sample at its random acquisition on the
 training device (`engine.films.RenderedInputs`), lifting with per-sample geometries. A turn is
-one full training step (data, forward, backward, optimizer) of each path, interleaved so load
-from other processes biases neither; the data part alone is timed the same way.
+one full training step (data, forward, backward, optimizer) of each path as `train` runs it
+(rendered films of the next batch prepared in a background thread on a CPU), interleaved so
+load from other processes biases neither; the data part alone (rendered synchronously: its
+whole cost) is timed the same way.
 """
 from __future__ import annotations
 
@@ -51,22 +53,24 @@ def loader_suite(device: str = "cpu", config: str = "configs/cpu-small.json", n:
         for name, root in (("stored", Path(tmp) / "drrs"), ("rendered", pool)):
             c = cfgs[name]
             ds = make_dataset(c, root, None, train=True)
-            batches = _cycle(DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
-                                        num_workers=min(c.data.num_workers, 2)))
+            batches, data_batches = (_cycle(DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
+                                                       num_workers=min(c.data.num_workers, 2))) for _ in range(2))
             inputs = make_inputs(c, dev, train=True)
             torch.manual_seed(0)
             model = build_model(c).to(dev).train()
             optimizer, loss_fn = make_optimizer(model, c), ReconstructionLoss.from_config(c).to(dev)
 
-            def step(batches=batches, inputs=inputs, model=model, optimizer=optimizer, loss_fn=loss_fn):
-                xrays, ct, geometry = inputs(next(batches))
+            stream = inputs.stream(batches)  # as `train` runs: rendered films prefetched on a CPU
+
+            def step(stream=stream, model=model, optimizer=optimizer, loss_fn=loss_fn):
+                xrays, ct, geometry = next(stream)
                 loss, _ = loss_fn(run_model(model, xrays, geometry), ct)
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 
             steps[name] = step
-            data_only[name] = lambda batches=batches, inputs=inputs: inputs(next(batches))
+            data_only[name] = lambda batches=data_batches, inputs=inputs: inputs(next(batches))
         step_t = interleaved(steps, device, repeats)
         data_t = interleaved(data_only, device, repeats)
     rows, data = [], {}

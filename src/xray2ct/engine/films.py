@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -45,6 +46,31 @@ class RenderedInputs:
         with one_cpu_thread(self.device):
             xrays, geometries = self.renderer.render(fields, acquisitions)
         return xrays, batch["ct"].to(self.device, non_blocking=True), geometries
+
+    def stream(self, loader):
+        """(xrays, ct, geometries) for each batch of `loader`, in order.
+
+        On a CPU the next batch's films are rendered in a background thread while the caller
+        trains on this one. Rendering runs with one intra-op thread (thread-local in torch) and
+        is many small ops, while the model's step leaves part of the second core idle at 32³;
+        overlapped, most of the render's cost disappears from the step (`benchmark --suite
+        loader`). Films depend only on (seed, epoch, index), so the overlap changes no number.
+        On a GPU the renders are queued on the device stream anyway: no thread.
+        """
+        if self.device.type != "cpu":
+            yield from map(self, loader)
+            return
+        batches = iter(loader)
+
+        def following():
+            batch = next(batches, None)
+            return None if batch is None else self(batch)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="xray2ct-films") as pool:
+            pending = pool.submit(following)
+            while (ready := pending.result()) is not None:
+                pending = pool.submit(following)  # a caller that stops early waits for this one at exit
+                yield ready
 
 
 @contextlib.contextmanager

@@ -132,6 +132,10 @@ class StoredInputs:
     def __call__(self, batch: dict):
         return (*batch_to(batch, self.device), None)
 
+    def stream(self, loader):
+        """(xrays, ct, None) for each batch of `loader`."""
+        return map(self, loader)
+
 
 def make_inputs(cfg: Config, device: torch.device, train: bool):
     """The step's input maker: stored X-rays, or films rendered per step (data.acquisition.render)."""
@@ -449,8 +453,7 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
             train_ds.set_epoch(epoch)
             train_inputs.set_epoch(epoch)
             micro, t0, seen = 0, time.monotonic(), 0
-            for batch in train_loader:
-                xrays, ct, geometry = train_inputs(batch)
+            for xrays, ct, geometry in train_inputs.stream(train_loader):
                 micro += 1
                 if graphs:
                     step_begin()
