@@ -312,6 +312,28 @@ def test_batch_reports_broken_pairs_and_does_the_rest(env, tmp_path):
     assert sorted(cid for cid, _ in again.skipped) == ["case7", "good"] and not again.done
 
 
+def test_batch_single_views_reconstructs_a_lonely_film(env, tmp_path):
+    """--single-views: a case with one film is done from it alone (as --pa alone), and said so;
+    two films of one view stay a problem."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(env["pa"], folder / "good_pa.png")
+    shutil.copy(env["lat"], folder / "good_lat.png")
+    shutil.copy(env["pa"], folder / "lonely_pa.png")
+    shutil.copy(env["pa"], folder / "twice_pa.png")
+    shutil.copy(env["pa"], folder / "twice_pa_copy.png")
+    out = tmp_path / "out"
+    report = R.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", progress=False,
+                                 refine=R.NO_REFINE, single_views=True)
+    assert sorted(cid for cid, _ in report.done) == ["good", "lonely"]
+    assert report.one_view == [("lonely", "pa")] and [cid for cid, _ in report.failed] == ["twice"]
+    alone = R.reconstruct(env["pa"], None, tmp_path / "alone.nii.gz", checkpoint=env["ckpt"], device="cpu",
+                          refine=R.NO_REFINE)
+    np.testing.assert_array_equal(load_volume(out / "lonely.nii.gz")[0], load_volume(alone)[0])
+    pairs, problems = R.find_pairs(folder)  # without the flag the lonely film is a problem that names the fix
+    assert "lonely" not in pairs and "--single-views" in dict(problems)["lonely"]
+
+
 def test_batch_without_pairs_is_an_error(env, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(R.ReconstructionError, match="no complete X-ray pair"):

@@ -190,6 +190,8 @@ def reconstruct(
     format_: str = typer.Option("nifti", "--format", help="nifti | npy | dicom (a folder of axial CT slices)."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
     batch: Optional[Path] = typer.Option(None, help="Reconstruct every {id}_pa* / {id}_lat* pair in this folder."),
+    single_views: bool = typer.Option(False, help="With --batch: a case with a PA or a lateral film alone is "
+                                      "reconstructed from it (as --pa alone) instead of failing."),
     report: Optional[Path] = typer.Option(None, help="Also write a self-contained HTML report here (slices, "
                                           "uncertainty, bone surface); with --batch: any value writes "
                                           "{id}_report.html."),
@@ -235,9 +237,13 @@ def reconstruct(
         done = R.reconstruct_batch(batch, out, checkpoint=checkpoint, device=device, upscale=upscale, fmt=format_,
                                    overwrite=overwrite, uncertainty=uncertainty is not None,
                                    preview=preview is not None, progress=True, report=report is not None,
-                                   refine=refinement, acquisition=acquisition, cuda_graphs=cuda_graphs)
+                                   refine=refinement, acquisition=acquisition, cuda_graphs=cuda_graphs,
+                                   single_views=single_views)
         console.print(f"written {len(done.done)}, skipped (exist; --overwrite to redo) {len(done.skipped)}, "
                       f"failed {len(done.failed)} -> {out}")
+        if done.one_view:
+            console.print("from one film alone (less certain; see each report): "
+                          + ", ".join(f"{cid} ({view.upper()})" for cid, view in done.one_view))
         if done.failed:
             t = Table("id", "problem", title="failed pairs")
             for cid, why in done.failed:

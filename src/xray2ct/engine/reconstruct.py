@@ -594,15 +594,22 @@ _PAIR = re.compile(r"^(?P<id>.+)_(?P<view>pa|lat)(?:[_\-.][^/]*)?$", re.IGNORECA
 @dataclass
 class BatchReport:
     """What `reconstruct_batch` did: (id, output) written, (id, output) already there,
-    (id, reason) for every pair that failed."""
+    (id, reason) for every case that failed, (id, view) for every case written from one film."""
 
     done: list[tuple[str, Path]] = field(default_factory=list)
     skipped: list[tuple[str, Path]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    one_view: list[tuple[str, str]] = field(default_factory=list)  # (id, "pa" | "lat"): done from that film alone
 
 
-def find_pairs(folder: str | os.PathLike) -> tuple[dict[str, tuple[Path, Path]], list[tuple[str, str]]]:
-    """`{id}_pa*` / `{id}_lat*` radiographs under folder -> ({id: (pa, lat)}, [(id, problem)])."""
+def find_pairs(folder: str | os.PathLike, single_views: bool = False
+               ) -> tuple[dict[str, tuple[Path | None, Path | None]], list[tuple[str, str]]]:
+    """`{id}_pa*` / `{id}_lat*` radiographs under folder -> ({id: (pa, lat)}, [(id, problem)]).
+
+    single_views: a case with one film of one view and none of the other is kept, its missing
+    view None (reconstructed from the one film); otherwise it is a problem. Two films of one
+    view are always a problem: which one is meant cannot be guessed.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ReconstructionError(f"{folder}: batch folder not found" if not folder.exists()
@@ -618,10 +625,12 @@ def find_pairs(folder: str | os.PathLike) -> tuple[dict[str, tuple[Path, Path]],
     for cid, views in sorted(found.items()):
         bad = [f"no {v} X-ray" if not views[v] else f"{len(views[v])} {v} X-rays ({', '.join(map(str, views[v]))})"
                for v in ("pa", "lat") if len(views[v]) != 1]
-        if bad:
-            problems.append((cid, "; ".join(bad)))
+        one_missing = len(bad) == 1 and bad[0].startswith("no ")
+        if not bad or (one_missing and single_views):
+            pairs[cid] = tuple(views[v][0] if views[v] else None for v in ("pa", "lat"))
         else:
-            pairs[cid] = (views["pa"][0], views["lat"][0])
+            hint = " (--single-views reconstructs it from the other film alone)" if one_missing else ""
+            problems.append((cid, "; ".join(bad) + hint))
     return pairs, problems
 
 
@@ -629,19 +638,22 @@ def reconstruct_batch(folder, out_dir, checkpoint=None, device: str = "auto", up
                       overwrite: bool = False, uncertainty: bool = False, preview: bool = False,
                       progress: bool = True, report: bool = False,
                       refine: RefineOptions = RefineOptions(), acquisition=None,
-                      cuda_graphs: bool = False) -> BatchReport:
+                      cuda_graphs: bool = False, single_views: bool = False) -> BatchReport:
     """Reconstruct every pair in `folder` into out_dir/{id}.nii.gz (.npy, or {id}/ for DICOM).
 
     Optional out_dir/{id}_uncertainty.nii.gz, {id}_preview.png and {id}_report.html. A pair that
     fails is reported and the rest go on; a pair whose volume exists is skipped, and one whose
-    extras exist fails naming them, unless overwrite.
+    extras exist fails naming them, unless overwrite. single_views: a case with a PA or a
+    lateral film alone is reconstructed from it (as `reconstruct --pa` alone; its report and
+    NIfTI description say so) instead of failing.
     """
     from tqdm.auto import tqdm
 
-    pairs, problems = find_pairs(folder)
+    pairs, problems = find_pairs(folder, single_views)
     result = BatchReport(failed=list(problems))
     if not pairs:
-        raise ReconstructionError(f"{folder}: no complete X-ray pair found (expected {{id}}_pa.* and {{id}}_lat.* "
+        wanted = "X-ray" if single_views else "complete X-ray pair"
+        raise ReconstructionError(f"{folder}: no {wanted} found (expected {{id}}_pa.* and {{id}}_lat.* "
                                   f"with a suffix in {', '.join(XRAY_SUFFIXES)})"
                                   + (f"; problems: {'; '.join(f'{i}: {p}' for i, p in problems)}" if problems else ""))
     out_dir = Path(out_dir)
@@ -661,6 +673,8 @@ def reconstruct_batch(folder, out_dir, checkpoint=None, device: str = "auto", up
                              report=out_dir / f"{cid}_report.html" if report else None, refine=refine)
             study = load_study_for(model, cfg, pa, lat, acquisition)
             result.done.append((cid, job.run(model, cfg, dev, None, title=cid, study=study)))
+            if pa is None or lat is None:
+                result.one_view.append((cid, "pa" if lat is None else "lat"))
         except UserError as e:
             log.info("%s failed: %s", cid, e)  # the report carries it; the CLI prints a table
             result.failed.append((cid, str(e)))
