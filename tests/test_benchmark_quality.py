@@ -211,3 +211,4 @@ def test_the_refine_suite_runs_quick_with_the_bundled_weights(tmp_path):
     for heading in ("Calibration", "chosen on validation", "Held-out test", "over steps", "finer grid"):
         assert heading in text
     assert (tmp_path / "images" / "calibration-cpu.png").is_file()
+    assert "`sigma_scale`" in text  # the chosen section carries σ's fitted temperature

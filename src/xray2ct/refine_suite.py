@@ -7,10 +7,11 @@ loaded exactly as `xray2ct phantoms` + `reconstruct` do, in memory:
 1. calibration of σ on a validation set: ±1σ / ±2σ coverage, a fitted temperature, a
    reliability plot; the temperature is checked on the test set;
 2. the refinement weights (prior weight λ, Adam step, image pooling) chosen on the validation
-   set: the best mean gain on DRRs of the volume's own resolution among the settings that
-   lose no more than 0.2 dB on any case whose DRRs come from finer anatomy (64³), as a real
-   film's do — a 32³ volume cannot explain sub-voxel detail, and a weak prior lets refinement
-   paint artefacts trying to;
+   set with σ scaled by that temperature (`sigma_scale`: refinement's steps and the saved
+   uncertainty are σ × sigma_scale): the best mean gain on DRRs of the volume's own resolution
+   among the settings that lose no more than 0.2 dB on any case whose DRRs come from finer
+   anatomy (64³), as a real film's do — a 32³ volume cannot explain sub-voxel detail, and a
+   weak prior lets refinement paint artefacts trying to;
 3. the chosen settings on the held-out test set: PSNR and 3D SSIM gain, worst case, time;
 4. quality and time over the number of steps;
 5. refinement on a finer grid (64³ from the 32³ prior) scored against 64³ truth.
@@ -120,10 +121,12 @@ def refine_suite(checkpoint=None, device: str = "cpu", n_val: int = 12, n_test: 
          [f"test, σ × {t:.3f} (temperature fitted on validation)", *(f"{100 * c:.1f} %" for c in cal["test_t"])]]),
         ""]
 
-    # 2. the refinement weights, chosen on validation
+    # 2. the refinement weights, chosen on validation with σ calibrated: refinement moves each
+    # voxel in steps of sigma_scale × σ, and `reconstruct` saves σ × sigma_scale as the uncertainty
+    calibrated = dataclasses.replace(cfg.refine, sigma_scale=t)
     sweep_rows, best = [], None
     for kw in sweep:
-        settings = dataclasses.replace(cfg.refine, **kw)
+        settings = dataclasses.replace(calibrated, **kw)
         r = _refine_scores(cfg, dev, val, val_preds, settings)
         f = _refine_scores(cfg, dev, val_fine, val_fine_preds, settings)
         gain, fine_gain = r["psnr"] - r["psnr0"], f["psnr"] - f["psnr0"]
@@ -132,13 +135,15 @@ def refine_suite(checkpoint=None, device: str = "cpu", n_val: int = 12, n_test: 
                            f"{fine_gain.mean():+.2f} (worst {fine_gain.min():+.2f})", f"{np.mean(r['seconds']):.1f}"])
         if fine_gain.min() >= WORST_ALLOWED and gain.min() >= WORST_ALLOWED and (best is None or gain.mean() > best[0]):
             best = (float(gain.mean()), kw)
-    chosen = dataclasses.replace(cfg.refine, **best[1]) if best else cfg.refine
+    chosen = dataclasses.replace(calibrated, **best[1]) if best else cfg.refine
     data["chosen"] = dataclasses.asdict(chosen)
     md += ["### Refinement weights chosen on validation", "", table(
         ["prior weight λ", "Adam step", "image pool", f"gain, DRRs of {n}³ truth",
          f"gain, DRRs of {2 * n}³ truth", "s / case"], sweep_rows), "",
-        (f"Chosen (best mean gain at {n}³ with no case below {WORST_ALLOWED} dB): λ = {chosen.prior_weight:g}, "
-         f"step {chosen.lr:g}, pool {chosen.image_pool} (at most {chosen.steps} steps)." if best else
+        (f"Chosen (best mean gain at {n}³ with no case below {WORST_ALLOWED} dB), the model's `refine` "
+         f"section: `sigma_scale` {chosen.sigma_scale:.3f} (σ's temperature), `prior_weight` "
+         f"{chosen.prior_weight:g}, `lr` {chosen.lr:g}, `image_pool` {chosen.image_pool} (at most "
+         f"{chosen.steps} steps)." if best else
          f"No setting kept every case above {WORST_ALLOWED} dB; the model's settings are kept."), ""]
 
     # 3. held-out test
