@@ -53,7 +53,7 @@ def test_render_gives_films_in_range():
 def test_several_weights_share_one_table_with_their_own_nominal(monkeypatch, tmp_path):
     import xray2ct.robustness as R
 
-    def fake(checkpoint, device, n, quick):
+    def fake(checkpoint, device, n, quick, refine=False):
         base = 29.0 if checkpoint == "new" else 28.0
         points = [{"label": p.label(), "known_psnr": [base - 0.5 * i] * n, "assumed_psnr": [20.0] * n,
                    "known_ssim": [0.9] * n, "assumed_ssim": [0.8] * n} for i, p in enumerate(grid(quick=True))]
@@ -68,3 +68,29 @@ def test_several_weights_share_one_table_with_their_own_nominal(monkeypatch, tmp
     assert "| 1800 mm, 430 mm, AP | 27.50 | 28.50 | -0.50 | -0.50 |" in md
     assert "W1: `old`" in md and "goal met" in md
     assert result.images and result.images[0].is_file()
+
+
+def test_refined_scores_get_their_own_table_against_the_refined_nominal(monkeypatch):
+    import xray2ct.robustness as R
+
+    def fake(checkpoint, device, n, quick, refine=False):
+        assert refine
+        points = [{"label": p.label(), "known_psnr": [21.0] * n, "assumed_psnr": [18.0] * n, "known_ssim": [0.8] * n,
+                   "assumed_ssim": [0.7] * n, "refined_psnr": [23.0 - 1.5 * i] * n}
+                  for i, p in enumerate(grid(quick=True))]
+        return {"checkpoint": checkpoint, "size": 32, "xray_size": 128, "points": points,
+                "nominal": {"psnr": [22.0] * n, "ssim": [0.8] * n, "refined_psnr": [24.0] * n}}
+
+    monkeypatch.setattr(R, "measure", fake)
+    md = R.robustness_suite(None, n=2, quick=True, refine=True).markdown
+    assert "grid mean 22.25 dB (-1.75), worst 21.50 dB (-2.50): goal not met" in md
+    assert "| 1800 mm, 430 mm, AP | 21.00 | 21.50 | -2.50 |" in md
+
+
+@pytest.mark.slow  # refines 6 cases with the bundled weights
+def test_refined_measure_runs_with_the_bundled_weights():
+    from xray2ct.robustness import measure
+
+    data = measure(None, n=2, quick=True, refine=True)
+    assert len(data["nominal"]["refined_psnr"]) == 2 and all(len(q["refined_psnr"]) == 2 for q in data["points"])
+    assert np.mean(data["nominal"]["refined_psnr"]) > np.mean(data["nominal"]["psnr"])  # refinement helps at nominal

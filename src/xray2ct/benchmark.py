@@ -275,11 +275,13 @@ def refine_suite(device: str = "cpu", checkpoint=None, quick: bool = False, imag
     return run(checkpoint, device, images_dir=images_dir, quick=quick, **sizes)
 
 
-def robustness_suite(device: str = "cpu", checkpoint=None, quick: bool = False, images_dir=None) -> SuiteResult:
-    """Real acquisitions, geometry known vs assumed, on fresh phantoms (`xray2ct.robustness`)."""
+def robustness_suite(device: str = "cpu", checkpoint=None, quick: bool = False, images_dir=None,
+                     refine: bool = False) -> SuiteResult:
+    """Real acquisitions, geometry known vs assumed, on fresh phantoms (`xray2ct.robustness`);
+    refine: the refined volumes scored too."""
     from xray2ct.robustness import robustness_suite as run
 
-    return run(checkpoint, device, n=2 if quick else 8, quick=quick, images_dir=images_dir)
+    return run(checkpoint, device, n=2 if quick else 8, quick=quick, images_dir=images_dir, refine=refine)
 
 
 def loader_suite(device: str = "cpu", quick: bool = False) -> SuiteResult:
@@ -312,7 +314,8 @@ def run_suite(name: str, device: str = "cpu", quick: bool = False, images_dir: s
     """One suite at its default sizes, or tiny ones with quick=True (a smoke run).
 
     quality_options: quality_suite's keyword arguments (data_dir is required for "quality");
-        "refine" takes `checkpoint` from them, "anatomy" `n` (phantoms per generator).
+        "refine" takes `checkpoint` from them, "robustness" `checkpoint` and `refine`, "anatomy" `n`
+        (phantoms per generator).
     """
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; valid: {', '.join(SUITES)}")
@@ -334,7 +337,7 @@ def run_suite(name: str, device: str = "cpu", quick: bool = False, images_dir: s
                              images_dir=images_dir)
     if name == "robustness":
         return robustness_suite(device, checkpoint=quality_options.get("checkpoint"), quick=quick,
-                                images_dir=images_dir)
+                                images_dir=images_dir, refine=quality_options.get("refine", False))
     if name == "refine":
         return refine_suite(device, checkpoint=quality_options.get("checkpoint"), quick=quick, images_dir=images_dir)
     if quick:

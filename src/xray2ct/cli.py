@@ -299,6 +299,8 @@ def benchmark(
     runs: Path = typer.Option(Path("runs/quality"), help="quality: folder for the variants' runs (each replaced)."),
     n: Optional[int] = typer.Option(None, "--n", min=1, help="anatomy (`--suite anatomy`, the phantoms' realism "
                                     "report): phantoms per generator, default 200."),
+    refine: bool = typer.Option(False, help="robustness: also score every grid point refined, as `reconstruct` "
+                                "refines by default (about 3 s per case and point on a CPU)."),
 ):
     """Time the suites and write their tables (and figures) into docs/BENCHMARKS.md."""
     from xray2ct.benchmark import STUDIES, SUITES, run_suite, write_section
@@ -323,6 +325,8 @@ def benchmark(
         weights = (checkpoint or [None]) if name == "robustness" else (checkpoint or [None])[0]
         options = options if name == "quality" else {"checkpoint": weights} if name in ("refine", "robustness") \
             else {}
+        if name == "robustness":
+            options["refine"] = refine
         if name == "anatomy":
             options = {"n": n}
         result = run_suite(name, device, quick=quick, images_dir=images, **options)
