@@ -15,7 +15,8 @@ What "known" knows is what an acquisition record holds — distances, pitch, PA 
 where the patient stood or how they were turned: shifts and rotations are unknown to both
 columns and measure robustness, not geometry. The volumes are the network's; with `refine`,
 each known-geometry volume is also refined with the model's settings and the known geometry,
-case by case, as `reconstruct` does by default for films like these (air around the field).
+case by case, as `reconstruct` does by default (including its rule that skips films showing
+matter beyond the field).
 """
 from __future__ import annotations
 
@@ -141,11 +142,13 @@ def measure(checkpoint=None, device: str = "cpu", n: int = 8, quick: bool = Fals
     def batched(xrays):  # one forward pass for all phantoms: (n, 2, S, S) -> n volumes (1, 1, N, N, N)
         return list(predict(model, xrays, dev)[0].split(1))
 
-    def refined(xrays, geometry):  # each case refined on its own, as `reconstruct` does
+    def refined(xrays, geometry):  # each case on its own, as `reconstruct` does by default (its skip rule too)
+        from xray2ct.engine.reconstruct import refine_skip_reason
         from xray2ct.refine import refine as run
 
         mu, log_var = predict(model, xrays, dev)
-        return [run(m[None], lv[None], x[None].to(dev), geometry, cfg.refine, mu_water=cfg.geometry.mu_water).volume
+        return [m[None] if refine_skip_reason(geometry, (True, True), x[None]) else
+                run(m[None], lv[None], x[None].to(dev), geometry, cfg.refine, mu_water=cfg.geometry.mu_water).volume
                 for m, lv, x in zip(mu, log_var, xrays)]
 
     nominal_x = torch.cat([x for x, _ in cases])

@@ -372,7 +372,7 @@ def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_st
     result, network, skipped = None, None, None
     settings = refine.settings(cfg)
     if settings is not None and refine.enabled is None:
-        skipped = _auto_skip(geometry or cfg.geometry.build(volume.shape[-1], xrays.shape[-1]), present, xrays)
+        skipped = refine_skip_reason(geometry or cfg.geometry.build(volume.shape[-1], xrays.shape[-1]), present, xrays)
         if skipped:
             log.info("not refined: %s (pass --refine to refine anyway)", skipped)
             settings = None
@@ -415,7 +415,7 @@ def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_st
                           reprojected, reprojected_network, network, tuple(bool(p) for p in present), skipped)
 
 
-def _auto_skip(geometry, present, xrays: torch.Tensor) -> str | None:
+def refine_skip_reason(geometry, present, xrays: torch.Tensor) -> str | None:
     """Why automatic refinement should not run on these films, or None: a film that shows
     matter (not air) outside the volume's shadow sees anatomy the volume cannot explain."""
     from xray2ct.refine import shadow
