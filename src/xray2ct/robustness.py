@@ -139,24 +139,24 @@ def measure(checkpoint=None, device: str = "cpu", n: int = 8, quick: bool = Fals
         return (np.array([float(psnr(v, t)) for v, (_, t) in zip(volumes, cases)]),
                 np.array([float(ssim3d(v, t)) for v, (_, t) in zip(volumes, cases)]))
 
-    def batched(xrays):  # one forward pass for all phantoms: (n, 2, S, S) -> n volumes (1, 1, N, N, N)
-        return list(predict(model, xrays, dev)[0].split(1))
+    def batched(xrays):  # one forward pass for all phantoms: (n, 2, S, S) -> mean, log-variance (n, 1, N, N, N)
+        return predict(model, xrays, dev)
 
-    def refined(xrays, geometry):  # each case on its own, as `reconstruct` does by default (its skip rule too)
+    def refined(mu, log_var, xrays, geometry):  # each case on its own, as `reconstruct` does (its skip rule too)
         from xray2ct.engine.reconstruct import refine_skip_reason
         from xray2ct.refine import refine as run
 
-        mu, log_var = predict(model, xrays, dev)
         return [m[None] if refine_skip_reason(geometry, (True, True), x[None]) else
                 run(m[None], lv[None], x[None].to(dev), geometry, cfg.refine, mu_water=cfg.geometry.mu_water).volume
                 for m, lv, x in zip(mu, log_var, xrays)]
 
     nominal_x = torch.cat([x for x, _ in cases])
-    ref_psnr, ref_ssim = score(batched(nominal_x))
+    nominal_mu, nominal_log_var = batched(nominal_x)
+    ref_psnr, ref_ssim = score(nominal_mu.split(1))
     data = {"checkpoint": str(checkpoint or "bundled weights"), "size": size, "xray_size": s,
             "nominal": {"psnr": ref_psnr.tolist(), "ssim": ref_ssim.tolist()}, "points": []}
     if refine:
-        data["nominal"]["refined_psnr"] = score(refined(nominal_x, nominal))[0].tolist()
+        data["nominal"]["refined_psnr"] = score(refined(nominal_mu, nominal_log_var, nominal_x, nominal))[0].tolist()
     points = grid(quick)
     for i, p in enumerate(points):
         xs = []
@@ -164,12 +164,12 @@ def measure(checkpoint=None, device: str = "cpu", n: int = 8, quick: bool = Fals
             films, pitch = render(hu, voxel, p, nominal)
             xs.append(torch.stack([prepare_xray(f, size=s) for f in films]))  # (2, S, S)
         x = torch.stack(xs)  # (n, 2, S, S)
-        assumed = batched(x)
+        assumed = batched(x)[0]
         geometry = known_geometry(p, pitch, s, nominal)
         with using_geometry(model, geometry):
-            known = batched(x)
-            refined_psnr = score(refined(x, geometry))[0].tolist() if refine else None
-        (pa, sa), (pk, sk) = score(assumed), score(known)
+            known, known_log_var = batched(x)
+        refined_psnr = score(refined(known, known_log_var, x, geometry))[0].tolist() if refine else None
+        (pa, sa), (pk, sk) = score(assumed.split(1)), score(known.split(1))
         log.info("robustness %d/%d %s: PSNR assumed %.2f, known %.2f dB", i + 1, len(points), p.label(),
                  pa.mean(), pk.mean())
         data["points"].append({"label": p.label(), "assumed_psnr": pa.tolist(), "known_psnr": pk.tolist(),
