@@ -41,6 +41,7 @@ MAX_INT = {
     "training.grad_accum_steps": 4096, "training.seed": 2**32 - 1, "training.max_bad_steps": 1_000_000,
     "data.max_patients": 10**9, "data.num_workers": 256, "data.prefetch_factor": 1024,
     "refine.steps": 100_000, "refine.patience": 100_000, "refine.fog_order": 6, "refine.image_pool": 64,
+    "refine.shift_steps": 10_000,
 }
 MAX_CHANNELS = 4096  # each entry of model.encoder_channels / decoder_channels
 MAX_STAGES = 8  # entries of model.encoder_channels / decoder_channels
@@ -211,6 +212,10 @@ class RefineConfig:
     image_pool: int = 1  # compare images in pool x pool pixel means (1: pixel by pixel)
     patience: int = 25  # early stopping: steps without the image term improving ...
     tol: float = 1e-3  # ... by this relative amount
+    shift_steps: int = 25  # Adam steps per image scale fitting where the patient stood (0: assume centred)
+    shift_min_mm: float = 12.0  # a shift component below this is left to the volume: the network's own
+    #   placement error is about a voxel, and a patient shift smaller than that blurs little
+    shift_max_mm: float = 40.0  # a shift is clamped to this (the training acquisitions' offsets reach 30 mm)
 
 
 @dataclass(frozen=True)
@@ -425,6 +430,9 @@ def validate_config(cfg: Config, source: str = "<config>") -> None:
     need(r.lr > 0 and r.prior_weight >= 0 and r.sigma_scale > 0 and 0 <= r.tol < 1,
          f"need refine.lr ({r.lr}) > 0, refine.prior_weight ({r.prior_weight}) >= 0, "
          f"refine.sigma_scale ({r.sigma_scale}) > 0 and 0 <= refine.tol ({r.tol}) < 1")
+    need(r.shift_steps >= 0 and 0 <= r.shift_min_mm <= r.shift_max_mm and 0 < r.shift_max_mm <= 200,
+         f"need refine.shift_steps ({r.shift_steps}) >= 0 and 0 <= refine.shift_min_mm ({r.shift_min_mm}) "
+         f"<= refine.shift_max_mm ({r.shift_max_mm}), which is in (0, 200] mm (it pads the refined grid)")
 
     _check_bounds(cfg, need)
     if errors:

@@ -23,6 +23,13 @@ is zero (envelope theorem), so the volume's gradient is the same either way.
 
 Early stopping: the data term is watched; when its best value has not improved by a
 relative `tol` within `patience` steps, the loop ends.
+
+Where the patient stood (`xray2ct.pose`): the network reconstructs the patient's frame, the
+films are the room's. Before refining, a translation t = (d, h, w) mm is fitted to the
+network's mean volume (data term at 4 x 4 then 2 x 2 pixel means, `shift_steps` Adam steps
+each); components under `shift_min_mm` are dropped, since the network's own placement error
+is about a voxel and refinement corrects that through the volume. The volume is then refined
+in the patient's frame, seen by the films through the shift: v* as above with P_g(shift_t(v)).
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ from xray2ct.errors import UserError
 from xray2ct.geometry import Geometry, get_view
 from xray2ct.physics.hu import hu_to_mu, unit_to_hu
 from xray2ct.physics.projector import project
+from xray2ct.pose import pad_voxels, padded, shifted
 
 
 class RefineError(UserError, ValueError):
@@ -53,6 +61,19 @@ class RefineResult:
     steps: int  # Adam steps taken
     seconds: float
     history: list[float] = field(default_factory=list)  # data term per step
+    shift_mm: torch.Tensor | None = None  # (B, 3) where the films show the patient, (d, h, w) mm from the
+    #   volume's centre; None: not fitted (all zero: centred within shift_min_mm)
+
+    def placement(self) -> str | None:
+        """One line on where the films show the (first) patient, or None when centred or not fitted."""
+        if self.shift_mm is None or not bool(self.shift_mm[0].any()):
+            return None
+        d, h, w = (float(v) for v in self.shift_mm[0])
+        parts = [f"{abs(v):.0f} mm {pos if v > 0 else neg}" for v, pos, neg in
+                 ((w, "to the patient's left", "to the patient's right"), (h, "posterior", "anterior"),
+                  (d, "towards the feet", "towards the head")) if v]
+        return ("the films show the patient off the beam's centre by " + ", ".join(parts)
+                + "; the volume is refined in the patient's frame, centred on the patient")
 
 
 # --- the intensity model R --------------------------------------------------------------
@@ -92,12 +113,48 @@ def line_integrals(volume: torch.Tensor, geometry: Geometry, mu_water: float = 0
 
 
 def reproject(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog_order: int = 1,
-              mu_water: float = 0.02) -> torch.Tensor:
+              mu_water: float = 0.02, shift_mm: torch.Tensor | None = None) -> torch.Tensor:
     """The volume's DRRs mapped onto the X-rays' intensities: (B, 1, D, H, W), (B, V, R, C) -> (B, V, R, C) in [0, 1].
 
-    What the refinement compares with the input; shown beside it in reports.
+    What the refinement compares with the input; shown beside it in reports. shift_mm (B, 3):
+    the patient's place in the films (`RefineResult.shift_mm`).
     """
+    volume, geometry = in_room(volume, geometry, shift_mm)
     return fit_intensity(line_integrals(volume, geometry, mu_water), xrays, fog_order).clamp(0, 1)
+
+
+def in_room(volume: torch.Tensor, geometry: Geometry, shift_mm: torch.Tensor | None,
+            max_shift_mm: float | None = None) -> tuple[torch.Tensor, Geometry]:
+    """The patient-frame volume as the films saw it, shifted by shift_mm (B, 3), and its
+    geometry; unchanged (no padding, today's exact path) when there is no shift."""
+    if shift_mm is None or not bool(shift_mm.any()):
+        return volume, geometry
+    pad = pad_voxels(max_shift_mm or float(shift_mm.abs().max()), geometry)
+    return shifted(volume, shift_mm.to(volume.device), geometry, pad), padded(geometry, pad)
+
+
+def fit_shift(mu: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, settings: RefineConfig,
+              mu_water: float = 0.02) -> torch.Tensor:
+    """Where the films show the patient: (B, 1, D, H, W), (B, V, R, C) -> shift (B, 3) mm, (d, h, w).
+
+    Fitted to the network's mean volume on coarse images (4 x 4, then 2 x 2 pixel means: the
+    outline, not the detail, says where the body is); components under `shift_min_mm` are
+    set to 0 and the rest clamped to ±`shift_max_mm`.
+    """
+    voxel = min(geometry.voxel_mm)
+    pad = pad_voxels(settings.shift_max_mm, geometry)
+    room = padded(geometry, pad)
+    q = torch.zeros(mu.shape[0], 3, device=mu.device, requires_grad=True)  # shift in voxels
+    opt = torch.optim.Adam([q], lr=0.1)
+    with torch.enable_grad():
+        for pool in (4, 2):
+            for _ in range(settings.shift_steps):
+                opt.zero_grad(set_to_none=True)
+                moved = shifted(mu, (q * voxel).clamp(-settings.shift_max_mm, settings.shift_max_mm), geometry, pad)
+                data_term(moved, xrays, room, settings.fog_order, mu_water, pool).backward()
+                opt.step()
+    shift = (q.detach() * voxel).clamp(-settings.shift_max_mm, settings.shift_max_mm)
+    return torch.where(shift.abs() >= settings.shift_min_mm, shift, torch.zeros_like(shift)).cpu()
 
 
 def data_term(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog_order: int = 1,
@@ -162,7 +219,10 @@ def refine(mu: torch.Tensor, log_var: torch.Tensor, xrays: torch.Tensor, geometr
     start = time.perf_counter()
     mu, xrays = mu.detach().float().clamp(0, 1), xrays.detach().float()
     scale = settings.sigma_scale * torch.exp(0.5 * log_var.detach().float())  # t σ per voxel
-    args = (xrays, geometry, settings.fog_order, mu_water, settings.image_pool)
+    shift = fit_shift(mu, xrays, geometry, settings, mu_water) if min(settings.shift_steps, settings.steps) > 0 else None
+    room = lambda v: in_room(v, geometry, shift, settings.shift_max_mm)[0]  # noqa: E731
+    args = (xrays, in_room(mu, geometry, shift, settings.shift_max_mm)[1], settings.fog_order, mu_water,
+            settings.image_pool)
     # Whitened coordinates, v = μ + t σ z: the prior is λ·mean(z²), and Adam's steps in z are
     # steps of about t σ in v, so a voxel the network is sure of barely moves (σ → 0: v = μ)
     # while an uncertain one is free to. The clamp keeps the [0, 1] window.
@@ -172,7 +232,7 @@ def refine(mu: torch.Tensor, log_var: torch.Tensor, xrays: torch.Tensor, geometr
     with torch.enable_grad():
         for step in range(settings.steps):
             opt.zero_grad(set_to_none=True)
-            data = data_term((mu + scale * z).clamp(0, 1), *args)
+            data = data_term(room((mu + scale * z).clamp(0, 1)), *args)
             loss = data + settings.prior_weight * z.pow(2).mean()
             loss.backward()
             history.append(float(data.detach()))
@@ -183,9 +243,9 @@ def refine(mu: torch.Tensor, log_var: torch.Tensor, xrays: torch.Tensor, geometr
             opt.step()
     with torch.no_grad():
         volume = (mu + scale * z).clamp(0, 1)
-        after = float(data_term(volume, *args))
+        after = float(data_term(room(volume), *args))
     return RefineResult(volume, history[0] if history else after, after, len(history), time.perf_counter() - start,
-                        history)
+                        history, shift)
 
 
 def upsample(volume: torch.Tensor, size: int) -> torch.Tensor:

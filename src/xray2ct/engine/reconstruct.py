@@ -402,9 +402,13 @@ def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_st
         volume = result.volume.cpu()
         log.info("refined in %d steps (%.1f s): image error %.5f -> %.5f", result.steps, result.seconds,
                  result.data_before, result.data_after)
+        if (placed := result.placement()) is not None:
+            log.info("%s", placed)
+    shift = None if result is None else result.shift_mm
     with torch.no_grad():
         reprojected, reprojected_network = (
-            None if v is None else reproject(v, xrays_given, geometry, cfg.refine.fog_order, cfg.geometry.mu_water)
+            None if v is None else reproject(v, xrays_given, geometry, cfg.refine.fog_order, cfg.geometry.mu_water,
+                                             shift)
             for v in (volume, network))
     volume = _upscale(volume, upscale)
     hu = unit_to_hu(volume)[0, 0].numpy()
@@ -544,8 +548,11 @@ class _Job:
         if self.report is not None:
             from xray2ct.surface import try_bone_surface
 
+            details = {} if study is None else dict(study.details())
+            if rec.refinement is not None and (placed := rec.refinement.placement()):
+                details["patient position"] = placed
             save_report(self.report, hu, std, spacing, rec.input_images(), mesh=try_bone_surface(hu, spacing)[0], title=title,
-                        projections=rec.projection_html(), details=None if study is None else study.details())
+                        projections=rec.projection_html(), details=details or None)
         return save_volume(self.out, hu, spacing, self.fmt, description=description)
 
 

@@ -1,0 +1,103 @@
+"""Where the patient stood (`xray2ct.pose`, `refine.fit_shift`): a shift moves the volume by
+exactly its voxels and is differentiable; refinement finds a patient placed 2 voxels off the
+beam's centre, refines in the patient's frame, and leaves a centred patient exactly as before."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from xray2ct.config import ConfigError, RefineConfig, config_from_dict
+from xray2ct.data.phantoms import chest_phantom
+from xray2ct.geometry import Geometry
+from xray2ct.metrics import psnr
+from xray2ct.physics.hu import hu_to_mu, hu_to_unit, unit_to_hu
+from xray2ct.physics.projector import project
+from xray2ct.physics.radiograph import robust_normalize
+from xray2ct.pose import pad_voxels, padded, shifted
+from xray2ct.refine import fit_shift, refine, reproject
+
+N, S = 24, 48
+VOXEL = 240 / N  # 10 mm, as the bundled model's
+GEOMETRY = Geometry(volume_shape=(N, N, N), voxel_mm=VOXEL, source_iso_mm=1650, source_det_mm=1800,
+                    det_shape=(S, S), det_pixel_mm=430 / S)
+
+
+def test_a_whole_voxel_shift_moves_the_volume_by_that_many_voxels():
+    v = torch.rand(2, 1, 6, 8, 10, dtype=torch.float64)
+    g = Geometry(volume_shape=(6, 8, 10), voxel_mm=5.0)
+    pad = pad_voxels(12.0, g)
+    assert pad == 4 and padded(g, pad).volume_shape == (6, 16, 18)
+    still = shifted(v, torch.zeros(3, dtype=torch.float64), g, pad)
+    assert torch.allclose(still[:, :, :, pad:-pad, pad:-pad], v, atol=1e-12)
+    moved = shifted(v, torch.tensor([[0.0, -5.0, 10.0], [0.0, 0.0, 0.0]], dtype=torch.float64), g, pad)
+    # sample 0: one voxel anterior (-h), two voxels to the left (+w); sample 1 stays
+    assert torch.allclose(moved[0, :, :, pad - 1:-pad - 1, pad + 2:-pad + 2], v[0], atol=1e-12)
+    assert torch.allclose(moved[1], still[1], atol=1e-12)
+
+
+def test_a_shift_along_d_continues_the_end_slices():
+    v = torch.arange(4, dtype=torch.float64).view(1, 1, 4, 1, 1).expand(1, 1, 4, 3, 3).contiguous()
+    g = Geometry(volume_shape=(4, 3, 3), voxel_mm=10.0)
+    out = shifted(v, torch.tensor([10.0, 0, 0], dtype=torch.float64), g, 2)  # one slice towards the feet
+    assert out[0, 0, :, 3, 3].tolist() == [0.0, 0.0, 1.0, 2.0]
+
+
+def test_the_shift_has_a_gradient():
+    v = torch.rand(1, 1, 8, 8, 8)
+    g = Geometry(volume_shape=(8, 8, 8), voxel_mm=10.0)
+    shift = torch.tensor([3.0, -4.0, 5.0], requires_grad=True)
+    (shifted(v, shift, g, 3) * torch.rand(1, 1, 8, 14, 14)).sum().backward()
+    assert shift.grad is not None and bool(torch.isfinite(shift.grad).all()) and float(shift.grad.abs().min()) > 0
+
+
+@pytest.fixture(scope="module")
+def patient():
+    """A phantom (patient frame), films of it centred and placed 20 mm to its left, and a
+    prior: the truth slightly blurred and biased, with an honest σ."""
+    truth = hu_to_unit(torch.as_tensor(chest_phantom(N, seed=5, fov_mm=240.0)).float())[None, None]
+    pad = pad_voxels(40.0, GEOMETRY)
+
+    def films(shift):
+        room = shifted(truth, torch.tensor(shift), GEOMETRY, pad)
+        return robust_normalize(project(hu_to_mu(unit_to_hu(room)), padded(GEOMETRY, pad)))
+
+    mu = (torch.nn.functional.avg_pool3d(torch.nn.functional.pad(truth, (1,) * 6, mode="replicate"), 3, stride=1)
+          * 0.97).clamp(0, 1)
+    log_var = torch.log(((mu - truth) ** 2).mean().expand_as(mu).clone())
+    return truth, films([0.0, 0.0, 0.0]), films([0.0, 0.0, 20.0]), mu, log_var
+
+
+def test_refinement_finds_a_patient_placed_off_centre(patient):
+    truth, _, off, mu, log_var = patient
+    settings = RefineConfig(steps=100)
+    shift = fit_shift(mu, off, GEOMETRY, settings)
+    assert shift.shape == (1, 3)
+    assert shift[0, :2].tolist() == [0.0, 0.0]  # below shift_min_mm: left to the volume
+    assert 16.0 <= float(shift[0, 2]) <= 24.0
+    found = refine(mu, log_var, off, GEOMETRY, settings)
+    assumed = refine(mu, log_var, off, GEOMETRY, dataclasses.replace(settings, shift_steps=0))
+    assert found.shift_mm is not None and assumed.shift_mm is None
+    assert "to the patient's left" in found.placement() and assumed.placement() is None
+    # refined in the patient's frame: close to the centred truth; without the shift the body blurs
+    assert float(psnr(found.volume, truth)) > float(psnr(assumed.volume, truth)) + 2.0
+    assert float(psnr(found.volume, truth)) > float(psnr(mu, truth))
+    # the reprojection through the shift explains the films better than without it
+    err = lambda shift: float((reproject(found.volume, off, GEOMETRY, shift_mm=shift) - off).pow(2).mean())  # noqa: E731
+    assert err(found.shift_mm) < 0.5 * err(None)
+
+
+def test_a_centred_patient_is_refined_exactly_as_without_the_fit(patient):
+    truth, centred, _, mu, log_var = patient
+    found = refine(mu, log_var, centred, GEOMETRY, RefineConfig(steps=30))
+    plain = refine(mu, log_var, centred, GEOMETRY, RefineConfig(steps=30, shift_steps=0))
+    assert not bool(found.shift_mm.any()) and found.placement() is None
+    assert torch.equal(found.volume, plain.volume)
+
+
+def test_shift_settings_are_checked():
+    with pytest.raises(ConfigError, match="shift_min_mm"):
+        config_from_dict({"refine": {"shift_min_mm": 50.0, "shift_max_mm": 40.0}})
+    with pytest.raises(ConfigError, match="shift_max_mm"):
+        config_from_dict({"refine": {"shift_max_mm": 1000.0}})
