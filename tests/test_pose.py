@@ -88,6 +88,14 @@ def test_refinement_finds_a_patient_placed_off_centre(patient):
     assert err(found.shift_mm) < 0.5 * err(None)
 
 
+def test_a_shift_no_film_shows_side_on_or_that_explains_little_is_not_fitted(patient):
+    _, _, off, mu, _ = patient
+    # 20 mm to the patient's left runs along the lateral film's rays: it only magnifies
+    lateral = GEOMETRY.with_views(["lat"])
+    assert not bool(fit_shift(mu, off[:, 1:], lateral, RefineConfig()).any())
+    assert not bool(fit_shift(mu, off, GEOMETRY, RefineConfig(shift_min_gain=1000.0)).any())
+
+
 def test_a_centred_patient_is_refined_exactly_as_without_the_fit(patient):
     truth, centred, _, mu, log_var = patient
     found = refine(mu, log_var, centred, GEOMETRY, RefineConfig(steps=30))
@@ -99,5 +107,7 @@ def test_a_centred_patient_is_refined_exactly_as_without_the_fit(patient):
 def test_shift_settings_are_checked():
     with pytest.raises(ConfigError, match="shift_min_mm"):
         config_from_dict({"refine": {"shift_min_mm": 50.0, "shift_max_mm": 40.0}})
+    with pytest.raises(ConfigError, match="shift_min_gain"):
+        config_from_dict({"refine": {"shift_min_gain": 0.5}})
     with pytest.raises(ConfigError, match="shift_max_mm"):
         config_from_dict({"refine": {"shift_max_mm": 1000.0}})

@@ -215,6 +215,7 @@ class RefineConfig:
     shift_steps: int = 25  # Adam steps per image scale fitting where the patient stood (0: assume centred)
     shift_min_mm: float = 12.0  # a shift component below this is left to the volume: the network's own
     #   placement error is about a voxel, and a patient shift smaller than that blurs little
+    shift_min_gain: float = 1.6  # ... and a shift must explain the coarse images this many times better than none
     shift_max_mm: float = 40.0  # a shift is clamped to this (the training acquisitions' offsets reach 30 mm)
 
 
@@ -430,6 +431,7 @@ def validate_config(cfg: Config, source: str = "<config>") -> None:
     need(r.lr > 0 and r.prior_weight >= 0 and r.sigma_scale > 0 and 0 <= r.tol < 1,
          f"need refine.lr ({r.lr}) > 0, refine.prior_weight ({r.prior_weight}) >= 0, "
          f"refine.sigma_scale ({r.sigma_scale}) > 0 and 0 <= refine.tol ({r.tol}) < 1")
+    need(r.shift_min_gain >= 1, f"refine.shift_min_gain ({r.shift_min_gain}) must be >= 1")
     need(r.shift_steps >= 0 and 0 <= r.shift_min_mm <= r.shift_max_mm and 0 < r.shift_max_mm <= 200,
          f"need refine.shift_steps ({r.shift_steps}) >= 0 and 0 <= refine.shift_min_mm ({r.shift_min_mm}) "
          f"<= refine.shift_max_mm ({r.shift_max_mm}), which is in (0, 200] mm (it pads the refined grid)")
