@@ -111,3 +111,18 @@ def test_shift_settings_are_checked():
         config_from_dict({"refine": {"shift_min_gain": 0.5}})
     with pytest.raises(ConfigError, match="shift_max_mm"):
         config_from_dict({"refine": {"shift_max_mm": 1000.0}})
+
+
+def test_the_web_page_says_where_the_patient_was_found():
+    import numpy as np
+
+    from xray2ct.refine import RefineResult
+    from xray2ct.webapp import Result, summary_lines
+
+    def lines(shift):
+        refined = RefineResult(torch.zeros(1, 1, 2, 2, 2), 1e-3, 1e-5, 10, 1.0, [], shift)
+        return " ".join(summary_lines(Result(np.zeros((2, 2, 2)), None, (10.0,) * 3, {}, 1.0, refinement=refined)))
+
+    found = lines(torch.tensor([[-15.0, 0.0, 20.0]]))
+    assert "20 mm to the patient's left" in found and "15 mm towards the head" in found
+    assert "off the beam's centre" not in lines(torch.zeros(1, 3)) and "off the beam's centre" not in lines(None)
