@@ -9,7 +9,7 @@ t = (d, h, w) mm, on a grid padded with air across the beam (h and w) so nothing
 field, and with the original top and bottom slices continued along d (the body goes on
 above and below the field). It is linear in the volume and differentiable in t (trilinear
 resampling), so refinement can fit t and then the volume through it. `padded` is the
-geometry of that larger grid: the same voxels, detectors and distances.
+geometry of that larger grid: the same voxels, detectors and distances; `in_room` both.
 """
 from __future__ import annotations
 
@@ -50,3 +50,13 @@ def shifted(volume: torch.Tensor, shift_mm: torch.Tensor, geometry: Geometry, pa
     grid = F.affine_grid(theta, list(out.shape), align_corners=False)
     # border: the padded air across the beam, and the first / last slice continued along d
     return F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def in_room(volume: torch.Tensor, geometry: Geometry, shift_mm: torch.Tensor | None,
+            max_shift_mm: float | None = None) -> tuple[torch.Tensor, Geometry]:
+    """The patient-frame volume as the films saw it, shifted by shift_mm (B, 3), and its
+    geometry; unchanged (no padding, today's exact path) when there is no shift."""
+    if shift_mm is None or not bool(shift_mm.any()):
+        return volume, geometry
+    pad = pad_voxels(max_shift_mm or float(shift_mm.abs().max()), geometry)
+    return shifted(volume, shift_mm.to(volume.device), geometry, pad), padded(geometry, pad)

@@ -46,7 +46,7 @@ from xray2ct.errors import UserError
 from xray2ct.geometry import Geometry, get_view
 from xray2ct.physics.hu import hu_to_mu, unit_to_hu
 from xray2ct.physics.projector import project
-from xray2ct.pose import pad_voxels, padded, shifted
+from xray2ct.pose import in_room, pad_voxels, padded, shifted
 
 
 class RefineError(UserError, ValueError):
@@ -123,16 +123,6 @@ def reproject(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog
     """
     volume, geometry = in_room(volume, geometry, shift_mm)
     return fit_intensity(line_integrals(volume, geometry, mu_water), xrays, fog_order).clamp(0, 1)
-
-
-def in_room(volume: torch.Tensor, geometry: Geometry, shift_mm: torch.Tensor | None,
-            max_shift_mm: float | None = None) -> tuple[torch.Tensor, Geometry]:
-    """The patient-frame volume as the films saw it, shifted by shift_mm (B, 3), and its
-    geometry; unchanged (no padding, today's exact path) when there is no shift."""
-    if shift_mm is None or not bool(shift_mm.any()):
-        return volume, geometry
-    pad = pad_voxels(max_shift_mm or float(shift_mm.abs().max()), geometry)
-    return shifted(volume, shift_mm.to(volume.device), geometry, pad), padded(geometry, pad)
 
 
 def fit_shift(mu: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, settings: RefineConfig,
