@@ -53,6 +53,20 @@ def test_sampler_shares_match_the_config():
     assert all(x.source_iso_mm == 541 and x.source_det_mm == 949 and x.frontal == "pa" for x in draws if x.nominal)
 
 
+def test_centred_fraction_centres_a_share_of_the_moving_patients_and_changes_nothing_else():
+    g = GeometryConfig()
+    plain, centred = AcquisitionConfig(), AcquisitionConfig(centred_fraction=0.4)
+    before = [sample_acquisition(plain, g, 0, 0, i, 0.25) for i in range(3000)]
+    after = [sample_acquisition(centred, g, 0, 0, i, 0.25) for i in range(3000)]
+    still = [(x, y) for x, y in zip(before, after) if not y.nominal]
+    kept = [y.offset_mm == x.offset_mm and y.rotation_deg == x.rotation_deg for x, y in still]
+    assert abs(1 - np.mean(kept) - 0.4) < 0.03
+    assert all(y.offset_mm == (0.0,) * 3 and y.rotation_deg == (0.0,) * 3 for (_, y), k in zip(still, kept) if not k)
+    # the other draws are the same numbers: old runs replay their films
+    strip = dict(offset_mm=(0.0,) * 3, rotation_deg=(0.0,) * 3)
+    assert [dataclasses.replace(x, **strip) for x in before] == [dataclasses.replace(y, **strip) for y in after]
+
+
 def test_rendered_films_shape_range_and_dropout():
     r = make_renderer(CFG, augment=True)
     acqs = [sample_acquisition(CFG.data.acquisition, CFG.geometry, 0, 0, i) for i in range(4)]

@@ -130,6 +130,7 @@ class AcquisitionConfig:
     covering_fraction: float = 0.3  # share of non-nominal samples whose detector just covers the 320 mm cube
     offset_mm: float = 30.0  # patient offset, uniform in ±offset along each axis, mm
     rotation_deg: float = 5.0  # patient rotation, uniform in ±rotation about each axis, degrees
+    centred_fraction: float = 0.0  # share of non-nominal samples with the patient centred and unturned
     ap_fraction: float = 0.3  # share of non-nominal samples with an AP (not PA) frontal film
     margin_mm: float = 80.0  # the wide field rendered around the cube, per side on every axis, mm
     # share of non-nominal samples filmed from the cube alone (air around it): how films rendered
@@ -480,7 +481,8 @@ def _check_acquisition(a: AcquisitionConfig, g: GeometryConfig, need) -> None:
         r = getattr(a, name)
         need(len(r) == 2 and all(math.isfinite(v) for v in r) and low <= r[0] <= r[1] <= high,
              f"{key}{name} must be [low, high] with {low:g} <= low <= high <= {high:g}, got {list(r)}")
-    for name in ("nominal_fraction", "covering_fraction", "ap_fraction", "cut_fraction", "crop_fraction", "scatter"):
+    for name in ("nominal_fraction", "covering_fraction", "ap_fraction", "cut_fraction", "crop_fraction",
+                 "centred_fraction", "scatter"):
         need(0 <= getattr(a, name) <= 1, f"{key}{name} must be in [0, 1], got {getattr(a, name)}")
     limits = {"offset_mm": 100.0, "rotation_deg": 45.0, "margin_mm": 500.0, "blur_px": 10.0, "noise": 0.5}
     for name, high in limits.items():

@@ -5,7 +5,9 @@ What a chest film's acquisition varies in practice (issue #14), drawn from the
 (or a detector that just covers the 320 mm cube, as the stored DRRs have), PA or AP, and
 the patient's offset and rotation on the table. A share `nominal_fraction` of the samples
 is the training geometry itself (541 / 949 mm, covering detector, PA, centred), so nominal
-quality holds. View dropout (one view replaced by zeros) and the film style's seed come
+quality holds. A share `centred_fraction` of the others has the patient centred and unturned,
+so that a centred patient is not something only the training geometry shows: otherwise the
+network learns that any other geometry means an uncertain position and blurs for it. View dropout (one view replaced by zeros) and the film style's seed come
 from the same generator, so a sample is reproducible from its three numbers alone and a
 resumed run replays the same films.
 """
@@ -66,6 +68,9 @@ def draw_acquisition(cfg: AcquisitionConfig, geometry: GeometryConfig, rng: np.r
     offset = tuple(float(v) for v in rng.uniform(-cfg.offset_mm, cfg.offset_mm, 3))
     rotation = tuple(float(v) for v in rng.uniform(-cfg.rotation_deg, cfg.rotation_deg, 3))
     style_seed = int(rng.integers(2**62))
+    centred = rng.random() < cfg.centred_fraction  # drawn last, so the draws above keep their values
+    if centred:
+        offset, rotation = (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)
     dropped = None
     if u[3] < view_dropout:
         dropped = "lat" if u[4] < LATERAL_SHARE_OF_DROPS else "pa"
