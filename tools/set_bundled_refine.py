@@ -1,12 +1,16 @@
-"""Store refinement settings (chosen by `xray2ct benchmark --suite refine`) in the bundled
-weights' config: the safetensors metadata and assets/default/config.json, tensors untouched.
+"""Store refinement settings (chosen by `xray2ct benchmark --suite refine`) in a safetensors
+checkpoint's config, tensors untouched: by default the bundled weights (their metadata and
+assets/default/config.json), or `--checkpoint PATH` (its metadata only).
 
     .venv/bin/python tools/set_bundled_refine.py prior_weight=1e-4 lr=0.3 image_pool=1
+    .venv/bin/python tools/set_bundled_refine.py --checkpoint run/best.safetensors sigma_scale=0.7
 """
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from xray2ct.config import RefineConfig, config_from_dict, config_to_dict, validate_config
@@ -14,10 +18,7 @@ from xray2ct.engine.reconstruct import default_checkpoint
 from xray2ct.fileio import atomic_path
 
 
-def main(pairs: list[str]) -> None:
-    ckpt = default_checkpoint()
-    from safetensors import safe_open
-
+def set_refine(ckpt: Path, pairs: list[str], bundled: bool) -> None:
     with safe_open(str(ckpt), "pt") as f:
         meta = dict(f.metadata())
     cfg = config_from_dict(json.loads(meta["config"]), source=str(ckpt))
@@ -29,10 +30,18 @@ def main(pairs: list[str]) -> None:
     tensors = load_file(str(ckpt))
     with atomic_path(ckpt) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-    config_json = ckpt.parent / "config.json"
-    with atomic_path(config_json) as tmp:
-        tmp.write_text(json.dumps(config_to_dict(cfg), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if bundled:
+        config_json = ckpt.parent / "config.json"
+        with atomic_path(config_json) as tmp:
+            tmp.write_text(json.dumps(config_to_dict(cfg), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"{ckpt.name}: refine = {cfg.refine}")
+
+
+def main(args: list[str]) -> None:
+    if args[:1] == ["--checkpoint"]:
+        set_refine(Path(args[1]), args[2:], bundled=False)
+    else:
+        set_refine(default_checkpoint(), args, bundled=True)
 
 
 if __name__ == "__main__":
