@@ -1,19 +1,25 @@
 """Bundle trained weights as the package's default model (maintainer tool).
 
-    python tools/bundle_default.py --run /work/runs/default-v2 [--name cpu-default]
+    python tools/bundle_default.py --run /work/runs/default-v2 [--name cpu-default] [--recipe configs/cpu-default.json]
 
 Copies RUN/best.safetensors (its config is inside) to src/xray2ct/assets/default/NAME.safetensors,
-replacing what was there, and writes the config beside it as config.json. The examples are
+replacing what was there, and writes the config beside it as config.json. With --recipe, the
+bundle's description is the recipe file's (written after the run, it says how the run went). The examples are
 written by tools/make_examples.py.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import shutil
 from pathlib import Path
 
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
 from xray2ct.checkpoint import load_checkpoint
-from xray2ct.config import save_config
+from xray2ct.config import config_to_dict, load_config, save_config
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "xray2ct" / "assets"
 
@@ -22,14 +28,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--name", default="cpu-default")
+    ap.add_argument("--recipe", type=Path, help="take the description from this config file")
     args = ap.parse_args()
 
     default = ASSETS / "default"
     shutil.rmtree(default, ignore_errors=True)
     default.mkdir(parents=True)
     ckpt = load_checkpoint(args.run / "best.safetensors")
-    shutil.copy(ckpt.path, default / f"{args.name}.safetensors")
-    save_config(ckpt.config, default / "config.json")
+    target = default / f"{args.name}.safetensors"
+    config = ckpt.config
+    if args.recipe is None:
+        shutil.copy(ckpt.path, target)
+    else:
+        config = dataclasses.replace(config, description=load_config(args.recipe).description)
+        with safe_open(str(ckpt.path), "pt") as f:
+            meta = dict(f.metadata())
+        meta["config"] = json.dumps(config_to_dict(config))
+        save_file(load_file(str(ckpt.path)), str(target), metadata=meta)
+    save_config(config, default / "config.json")
     print(f"bundled {ckpt.path} (step {ckpt.step}) as {default / args.name}.safetensors")
 
 
