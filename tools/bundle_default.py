@@ -1,25 +1,23 @@
 """Bundle trained weights as the package's default model (maintainer tool).
 
-    python tools/bundle_default.py --run /work/runs/default-v2 [--name cpu-default] [--recipe configs/cpu-default.json]
+    python tools/bundle_default.py --run RUN [--name cpu-default] [--recipe configs/cpu-default.json]
 
 Copies RUN/best.safetensors (its config is inside) to src/xray2ct/assets/default/NAME.safetensors,
 replacing what was there, and writes the config beside it as config.json. With --recipe, the
-bundle's description is the recipe file's (written after the run, it says how the run went). The examples are
-written by tools/make_examples.py.
+bundle's description is the recipe file's (written after the run, it says how the run went).
+The examples are written by tools/make_examples.py.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from set_bundled_refine import store_config  # tools/, beside this script
 
 from xray2ct.checkpoint import load_checkpoint
-from xray2ct.config import config_to_dict, load_config, save_config
+from xray2ct.config import load_config, save_config
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "xray2ct" / "assets"
 
@@ -41,10 +39,7 @@ def main() -> None:
         shutil.copy(ckpt.path, target)
     else:
         config = dataclasses.replace(config, description=load_config(args.recipe).description)
-        with safe_open(str(ckpt.path), "pt") as f:
-            meta = dict(f.metadata())
-        meta["config"] = json.dumps(config_to_dict(config))
-        save_file(load_file(str(ckpt.path)), str(target), metadata=meta)
+        store_config(ckpt.path, target, config)
     save_config(config, default / "config.json")
     print(f"bundled {ckpt.path} (step {ckpt.step}) as {default / args.name}.safetensors")
 

@@ -18,18 +18,24 @@ from xray2ct.engine.reconstruct import default_checkpoint
 from xray2ct.fileio import atomic_path
 
 
+def store_config(src: Path, dst: Path, cfg) -> None:
+    """Write src's tensors and metadata to dst (atomically; dst may be src) with `cfg` as its config."""
+    with safe_open(str(src), "pt") as f:
+        meta = dict(f.metadata())
+    meta["config"] = json.dumps(config_to_dict(cfg))
+    tensors = load_file(str(src))
+    with atomic_path(dst) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
 def set_refine(ckpt: Path, pairs: list[str], bundled: bool) -> None:
     with safe_open(str(ckpt), "pt") as f:
-        meta = dict(f.metadata())
-    cfg = config_from_dict(json.loads(meta["config"]), source=str(ckpt))
+        cfg = config_from_dict(json.loads(f.metadata()["config"]), source=str(ckpt))
     fields = {f.name: f.type for f in dataclasses.fields(RefineConfig)}
     values = {k: (int if fields[k] == "int" else float)(v) for k, v in (p.split("=", 1) for p in pairs)}
     cfg = dataclasses.replace(cfg, refine=dataclasses.replace(cfg.refine, **values))
     validate_config(cfg, "refine settings")
-    meta["config"] = json.dumps(config_to_dict(cfg))
-    tensors = load_file(str(ckpt))
-    with atomic_path(ckpt) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    store_config(ckpt, ckpt, cfg)
     if bundled:
         config_json = ckpt.parent / "config.json"
         with atomic_path(config_json) as tmp:
