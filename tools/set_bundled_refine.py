@@ -13,7 +13,7 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from xray2ct.config import RefineConfig, config_from_dict, config_to_dict, validate_config
+from xray2ct.config import RefineConfig, config_from_dict, config_to_dict, save_config, validate_config
 from xray2ct.engine.reconstruct import default_checkpoint
 from xray2ct.fileio import atomic_path
 
@@ -37,9 +37,7 @@ def set_refine(ckpt: Path, pairs: list[str], bundled: bool) -> None:
     validate_config(cfg, "refine settings")
     store_config(ckpt, ckpt, cfg)
     if bundled:
-        config_json = ckpt.parent / "config.json"
-        with atomic_path(config_json) as tmp:
-            tmp.write_text(json.dumps(config_to_dict(cfg), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        save_config(cfg, ckpt.parent / "config.json")  # as tools/bundle_default.py writes it
     print(f"{ckpt.name}: refine = {cfg.refine}")
 
 

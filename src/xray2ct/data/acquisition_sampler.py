@@ -8,8 +8,9 @@ is the training geometry itself (541 / 949 mm, covering detector, PA, centred), 
 quality holds. A share `centred_fraction` of the others has the patient centred and unturned,
 so that a centred patient is not something only the training geometry shows: otherwise the
 network learns that any other geometry means an uncertain position and blurs for it. View
-dropout (one view replaced by zeros) and the film style's seed come from the same generator, so a sample is reproducible from its three numbers alone and a
-resumed run replays the same films.
+dropout (one view replaced by zeros) and the film style's seed come from the same generator,
+so a sample is reproducible from its three numbers alone and a resumed run replays the same
+films.
 """
 from __future__ import annotations
 
