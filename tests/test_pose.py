@@ -1,6 +1,8 @@
 """Where the patient stood (`xray2ct.pose`, `refine.fit_shift`): a shift moves the volume by
 exactly its voxels and is differentiable; refinement finds a patient placed 2 voxels off the
-beam's centre, refines in the patient's frame, and leaves a centred patient exactly as before."""
+beam's centre, refines in the patient's frame, and leaves a centred patient exactly as before;
+`pose.placed` and `engine.reconstruct.relift` let the network itself see the patient where
+the films show them."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +17,7 @@ from xray2ct.metrics import psnr
 from xray2ct.physics.hu import hu_to_mu, hu_to_unit, unit_to_hu
 from xray2ct.physics.projector import project
 from xray2ct.physics.radiograph import robust_normalize
-from xray2ct.pose import pad_voxels, padded, shifted
+from xray2ct.pose import pad_voxels, padded, placed, shifted
 from xray2ct.refine import fit_shift, refine, reproject
 
 N, S = 24, 48
@@ -126,3 +128,68 @@ def test_the_web_page_says_where_the_patient_was_found():
     found = lines(torch.tensor([[-15.0, 0.0, 20.0]]))
     assert "20 mm to the patient's left" in found and "15 mm towards the head" in found
     assert "off the beam's centre" not in lines(torch.zeros(1, 3)) and "off the beam's centre" not in lines(None)
+
+
+def test_placed_projects_a_patient_centred_point_where_the_films_show_the_patient():
+    shift = torch.tensor([10.0, -15.0, 20.0], dtype=torch.float64)  # (d, h, w) mm
+    moved = placed(GEOMETRY, shift)
+    same = placed(GEOMETRY, torch.zeros(3))
+    for view in GEOMETRY.views:
+        depth_axis = 1 if view == "pa" else 2
+        points = torch.rand(50, 3, dtype=torch.float64) * 200 - 100
+        assert all(torch.equal(a, b) for a, b in zip(same.project_points(points, view),
+                                                       GEOMETRY.project_points(points, view)))
+        across = shift.clone()
+        across[depth_axis] = 0  # along the view's rays a shift only magnifies: left to the other film
+        points[:, depth_axis] = 0  # at the isocentre's depth the detector offset is exact ...
+        want, got = GEOMETRY.project_points(points + across, view), moved.project_points(points, view)
+        assert torch.allclose(got[0], want[0], atol=1e-9) and torch.allclose(got[1], want[1], atol=1e-9)
+        points[:, depth_axis] = 100.0  # ... and 100 mm off it, within (m(z) / m_iso - 1) x the shift
+        want, got = GEOMETRY.project_points(points + across, view), moved.project_points(points, view)
+        m_iso, m_z = 1800 / 1650, GEOMETRY.magnification(view, torch.tensor(100.0))
+        bound = float((m_z / m_iso - 1).abs() * m_iso * 20.0 / GEOMETRY.det_pixel_mm) + 1e-9
+        assert float((got[1] - want[1]).abs().max()) <= bound
+        assert float((got[1] - want[1]).abs().max()) < float((GEOMETRY.project_points(points, view)[1] - want[1]).abs().min())
+
+
+class _Recorder(torch.nn.Module):
+    """A stand-in network: returns `volume` (and a log-variance) and remembers the geometry it lifted through."""
+
+    def __init__(self, geometry, volume, log_var):
+        super().__init__()
+        self.geometry, self.volume, self.log_var, self.seen = geometry, volume, log_var, []
+
+    def set_geometry(self, geometry):
+        self.geometry = geometry
+
+    def forward(self, xrays):
+        self.seen.append(self.geometry)
+        return {"volume": self.volume, "log_var": self.log_var}
+
+
+def test_a_patient_found_off_centre_is_relifted_and_the_better_refinement_kept(patient):
+    from xray2ct.engine.reconstruct import refine_placed
+
+    truth, centred, off, mu, log_var = patient
+    settings, cpu = RefineConfig(steps=40), torch.device("cpu")
+
+    def run(model, films, s=settings):
+        return refine_placed(model, cpu, films, mu, log_var, GEOMETRY, GEOMETRY, (True, True), s)
+
+    # a second pass that sees the patient better (here: the truth) is kept ...
+    better = _Recorder(GEOMETRY, truth, log_var)
+    result, network, _ = run(better, off)
+    assert len(better.seen) == 1 and better.geometry is GEOMETRY  # ran once; the model's own geometry is back
+    col = better.seen[0].setup("pa").det_offset_mm[1]
+    assert -24.0 * 1800 / 1650 <= col <= -16.0 * 1800 / 1650  # lifted where the films show it: ~20 mm left
+    once = run(better, off, dataclasses.replace(settings, relift=False))[0]
+    assert torch.equal(network, truth) and float(psnr(result.volume, truth)) > float(psnr(once.volume, truth))
+    # ... one that explains the films worse (a flat volume) is not
+    worse = _Recorder(GEOMETRY, torch.full_like(mu, 0.25), log_var)
+    result, network, _ = run(worse, off)
+    assert len(worse.seen) == 1 and torch.equal(network, mu)
+    # a centred patient, or relift turned off: refined once, the network not run again
+    for films, s in ((centred, settings), (off, dataclasses.replace(settings, relift=False))):
+        assert torch.equal(run(worse, films, s)[1], mu) and len(worse.seen) == 1
+    with pytest.raises(ConfigError, match="relift"):
+        config_from_dict({"refine": {"relift": "yes"}})

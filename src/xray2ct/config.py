@@ -218,6 +218,7 @@ class RefineConfig:
     #   placement error is about a voxel, and a patient shift smaller than that blurs little
     shift_min_gain: float = 1.6  # ... and a shift must explain the coarse images this many times better than none
     shift_max_mm: float = 40.0  # a shift is clamped to this (the training acquisitions' offsets reach 30 mm)
+    relift: bool = True  # with a shift found, run the network again lifting where the films show the patient
 
 
 @dataclass(frozen=True)

@@ -143,11 +143,12 @@ def measure(checkpoint=None, device: str = "cpu", n: int = 8, quick: bool = Fals
         return predict(model, xrays, dev)
 
     def refined(mu, log_var, xrays, geometry):  # each case on its own, as `reconstruct` does (its skip rule too)
-        from xray2ct.engine.reconstruct import refine_skip_reason
-        from xray2ct.refine import refine as run
+        from xray2ct.engine.reconstruct import refine_placed, refine_skip_reason
 
-        return [m[None] if refine_skip_reason(geometry, (True, True), x[None]) else
-                run(m[None], lv[None], x[None].to(dev), geometry, cfg.refine, mu_water=cfg.geometry.mu_water).volume
+        both = (True, True)
+        return [m[None] if refine_skip_reason(geometry, both, x[None]) else
+                refine_placed(model, dev, x[None], m[None], lv[None], geometry, geometry, both, cfg.refine,
+                              cfg.geometry.mu_water)[0].volume
                 for m, lv, x in zip(mu, log_var, xrays)]
 
     nominal_x = torch.cat([x for x, _ in cases])

@@ -157,22 +157,21 @@ def _write_report(path: Path, result: EvalResult, hu: np.ndarray, spacing) -> Pa
                              title=f"xray2ct evaluation ({result.summary['split'] or 'all'} split; viewer: {first})")
 
 
-def _refine_batch(pred, log_var, xrays, target, cfg, dev, given=(0, 1)):
-    """Refine each case of a batch on its own (early stopping per case) against the given views;
-    -> (volumes, per-case extras)."""
-    from xray2ct.engine.reconstruct import ReconstructionError
+def _refine_batch(model, pred, log_var, xrays, target, cfg, dev, given=(0, 1)):
+    """Refine each case of a batch on its own (early stopping per case) against the given views,
+    as `reconstruct` does (`refine_placed`); -> (volumes, per-case extras)."""
+    from xray2ct.engine.reconstruct import ReconstructionError, given_views, refine_placed
     from xray2ct.metrics import psnr
-    from xray2ct.refine import refine
 
     if log_var is None:
         raise ReconstructionError("this model predicts no uncertainty (no log_var output); refinement needs it")
-    geometry = cfg.geometry.build(pred.shape[-1], xrays.shape[-1])
-    geometry = geometry.with_views([geometry.views[v] for v in given])
-    xrays = xrays[:, list(given)]
+    lift_geometry = cfg.geometry.build(pred.shape[-1], xrays.shape[-1])
+    present = tuple(v in given for v in range(xrays.shape[1]))
+    geometry = given_views(lift_geometry, xrays, present)[0]
     volumes, extras = [], []
     for i in range(pred.shape[0]):
-        r = refine(pred[i:i + 1].to(dev), log_var[i:i + 1].to(dev), xrays[i:i + 1].to(dev), geometry, cfg.refine,
-                   mu_water=cfg.geometry.mu_water)
+        r = refine_placed(model, dev, xrays[i:i + 1], pred[i:i + 1], log_var[i:i + 1], lift_geometry, geometry,
+                          present, cfg.refine, cfg.geometry.mu_water)[0]
         volumes.append(r.volume.cpu())
         extras.append({"network_psnr": float(psnr(pred[i:i + 1], target[i:i + 1])), "refine_seconds": r.seconds})
     return torch.cat(volumes), extras
@@ -229,7 +228,7 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
         pred, log_var = predict(model, xrays, dev)
         extra = [{} for _ in batch["id"]]
         if refine:
-            pred, extra = _refine_batch(pred, log_var, xrays, target, cfg, dev, given)
+            pred, extra = _refine_batch(model, pred, log_var, xrays, target, cfg, dev, given)
         drr = prediction_drr(pred, cfg, xrays.shape[-1])
         values = {**all_metrics(pred, target), **projection_errors(pred, target, xrays, cfg, drr, given)}
         if first_hu is None:
