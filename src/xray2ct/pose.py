@@ -12,7 +12,7 @@ resampling), so refinement can fit t and then the volume through it. `padded` is
 geometry of that larger grid: the same voxels, detectors and distances; `in_room` both.
 
 `placed` tells the network's lifting where the films show the patient, so it samples each
-film where a patient-centred voxel actually cast its shadow (`engine.reconstruct.relift`).
+film where a patient-centred voxel actually cast its shadow (`engine.reconstruct.refine_placed`).
 """
 from __future__ import annotations
 
@@ -73,9 +73,9 @@ def placed(geometry: Geometry, shift_mm: torch.Tensor) -> Geometry:
     The component along a view's rays only magnifies that film by ~1 % per 10 mm and is left
     out, as `refine.fit_shift` leaves it to the film that shows it side-on. Across the rays
     it is exact at the isocentre's depth; a voxel ±160 mm along the beam is off by
-    (m(z) / m_iso − 1) times the shift: at 1800 mm under a quarter voxel for a 20 mm shift, at the 541 mm training
-    distance most of one. Good enough for the network to see the patient where they are; the
-    refinement then projects through the exact shift (`in_room`).
+    (m(z) / m_iso − 1) times the shift: at 1800 mm under a quarter voxel for a 20 mm shift,
+    at the 541 mm training distance most of one. Good enough for the network to see the
+    patient where they are; the refinement then projects through the exact shift (`in_room`).
     """
     per_view = {}
     for view in geometry.views:
