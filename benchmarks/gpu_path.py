@@ -145,7 +145,7 @@ def steps(args) -> dict:
 def compare(args) -> dict:
     """The 64³ run vs the bundled 32³ model upsampled, on DATA's test split."""
     from xray2ct.data.dataset import BiplanarDataset
-    from xray2ct.engine.reconstruct import default_checkpoint, load_for_inference, predict
+    from xray2ct.engine.inference import default_checkpoint, load_for_inference, predict
     from xray2ct.metrics import mae_hu, psnr, ssim3d
 
     device = torch.device(args.device)

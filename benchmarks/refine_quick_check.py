@@ -6,7 +6,7 @@ truth (the full study is `xray2ct benchmark --suite refine`).
 """
 import sys
 
-from xray2ct.engine.reconstruct import load_for_inference
+from xray2ct.engine.inference import load_for_inference
 from xray2ct.refine_suite import TEST_SEED, _predict_all, _refine_scores, fresh_cases
 
 

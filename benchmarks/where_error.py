@@ -38,7 +38,7 @@ def main(checkpoint, n: int, seed: int) -> None:
 
     from xray2ct.data.phantoms import chest_phantom
     from xray2ct.data.phantoms.tissues import Tissue
-    from xray2ct.engine.reconstruct import load_for_inference, predict
+    from xray2ct.engine.inference import load_for_inference, predict
     from xray2ct.metrics import psnr
     from xray2ct.refine_suite import fresh_cases
 

@@ -222,15 +222,16 @@ def test_reconstruct_records_the_acquisition(tmp_path):
 
 def test_refinement_projects_with_the_study_geometry(tmp_path, monkeypatch):
     import xray2ct.engine.reconstruct as R
+    import xray2ct.engine.refining as F
 
     seen = []
-    original = R.run_refine
+    original = F.run_refine
 
     def spy(mu, log_var, xrays, geometry, *args, **kwargs):
         seen.append(geometry)
         return original(mu, log_var, xrays, geometry, *args, **kwargs)
 
-    monkeypatch.setattr(R, "run_refine", spy)
+    monkeypatch.setattr(F, "run_refine", spy)
     pa, lat = _case(tmp_path)
     model, cfg, dev = R.load_for_inference(None, "cpu")
     study = R.load_study_for(model, cfg, pa, lat, AcquisitionFlags(sid=1800.0, sod=1650.0, pixel_mm=2.0, ap=True))
@@ -244,7 +245,7 @@ def test_refinement_projects_with_the_study_geometry(tmp_path, monkeypatch):
 
 
 def test_report_details_carry_the_record(tmp_path):
-    from xray2ct.engine.reconstruct import save_report
+    from xray2ct.engine.outputs import save_report
 
     pa, lat = _case(tmp_path, xray_size=64)
     study = load_study(pa, lat, 128, NOMINAL)
@@ -281,11 +282,12 @@ def test_one_view_study_reconstructs_with_that_view_only(tmp_path, monkeypatch):
     import nibabel as nib
 
     from xray2ct.engine import reconstruct as R
+    from xray2ct.engine import refining as F
 
     pa, lat = _case(tmp_path)
     model, cfg, dev = R.load_for_inference(None, "cpu")
-    seen, original = [], R.run_refine
-    monkeypatch.setattr(R, "run_refine", lambda mu, lv, x, g, *a, **k: seen.append((x.shape, g.views))
+    seen, original = [], F.run_refine
+    monkeypatch.setattr(F, "run_refine", lambda mu, lv, x, g, *a, **k: seen.append((x.shape, g.views))
                         or original(mu, lv, x, g, *a, **k))
     for given, mode, view in (((pa, None), "frontal only", "pa"), ((None, lat), "lateral only", "lat")):
         study = R.load_study_for(model, cfg, *given)

@@ -8,7 +8,7 @@ from xray2ct.cli import app
 from xray2ct.data.ctio import load_volume
 from xray2ct.data.phantoms import chest_phantom
 from xray2ct.engine.demo import bundled_examples
-from xray2ct.engine.reconstruct import default_checkpoint, load_for_inference, predict
+from xray2ct.engine.inference import default_checkpoint, load_for_inference, predict
 from xray2ct.metrics import psnr
 from xray2ct.physics.hu import hu_to_unit
 

@@ -147,14 +147,14 @@ def test_missing_or_corrupt_checkpoint(setup, tmp_path):
 def test_one_view_evaluation_withholds_the_other_view(setup, tmp_path, monkeypatch):
     """--views pa: the model sees zeros for the lateral (as `reconstruct --pa` alone), refinement
     compares with the PA only, and the summary says which mode was scored."""
-    from xray2ct.engine.reconstruct import ReconstructionError
+    from xray2ct.engine.inference import ReconstructionError
 
     ckpt, data = setup
-    import xray2ct.engine.reconstruct as R
+    import xray2ct.engine.inference as I
 
     seen = []
-    real_predict = R.predict
-    monkeypatch.setattr(R, "predict", lambda m, x, d: seen.append(x.clone()) or real_predict(m, x, d))
+    real_predict = I.predict
+    monkeypatch.setattr(I, "predict", lambda m, x, d: seen.append(x.clone()) or real_predict(m, x, d))
     res = evaluate(ckpt, data, split=None, out=tmp_path / "pa", device="cpu", batch_size=2, montages=0,
                    progress=False, views="pa", refine=True)
     assert res.summary["views"] == "pa" and res.summary["n_cases"] == 4

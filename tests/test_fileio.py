@@ -60,7 +60,7 @@ def test_data_is_fsynced_before_the_rename(tmp_path, monkeypatch):
 
 
 def test_dicom_folder_gets_normal_permissions_and_replaces_a_killed_writes_leftovers(tmp_path):
-    from xray2ct.engine.reconstruct import save_dicom_series
+    from xray2ct.engine.outputs import save_dicom_series
 
     dead = _dead_pid()
     stale = tmp_path / f".dcmout.{dead}-abcd1234"  # a killed DICOM write

@@ -1,7 +1,7 @@
 """Where the patient stood (`xray2ct.pose`, `refine.fit_shift`): a shift moves the volume by
 exactly its voxels and is differentiable; refinement finds a patient placed 2 voxels off the
 beam's centre, refines in the patient's frame, and leaves a centred patient exactly as before;
-`pose.placed` and `engine.reconstruct.relift` let the network itself see the patient where
+`pose.placed` and `engine.refining.refine_placed` let the network itself see the patient where
 the films show them."""
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ class _Recorder(torch.nn.Module):
 
 
 def test_a_patient_found_off_centre_is_relifted_and_the_better_refinement_kept(patient):
-    from xray2ct.engine.reconstruct import refine_placed
+    from xray2ct.engine.refining import refine_placed
 
     truth, centred, off, mu, log_var = patient
     settings, cpu = RefineConfig(steps=40), torch.device("cpu")

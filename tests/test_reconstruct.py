@@ -23,6 +23,9 @@ from xray2ct.checkpoint import CheckpointError, load_model, save_checkpoint
 from xray2ct.config import load_config
 from xray2ct.data.ctio import load_volume, our_affine
 from xray2ct.data.errors import XRay2CTInputError
+from xray2ct.engine import batch as B
+from xray2ct.engine import inference as I
+from xray2ct.engine import outputs as O
 from xray2ct.engine import reconstruct as R
 from xray2ct.errors import UserError
 from xray2ct.physics.hu import unit_to_hu
@@ -136,7 +139,7 @@ def test_dicom_writer_round_trips_an_asymmetric_volume(tmp_path):
     """An untrained model's output is nearly flat; random HU show any flipped or swapped axis."""
     hu = np.random.default_rng(0).integers(-1024, 1476, (5, 6, 7)).astype(np.float32)
     spacing = (3.0, 2.0, 1.5)
-    back, sp = load_volume(R.save_dicom_series(tmp_path / "s", hu, spacing))
+    back, sp = load_volume(O.save_dicom_series(tmp_path / "s", hu, spacing))
     np.testing.assert_array_equal(back, hu)
     assert sp == pytest.approx(spacing)
 
@@ -204,7 +207,7 @@ def test_checkpoint_errors(env, tmp_path, monkeypatch):
     wrong = save_checkpoint(tmp_path, "wrong", build_model(env["cfg"]), other, step=0, epoch=0)
     with pytest.raises(CheckpointError, match="does not fit this architecture.*shape mismatch"):
         R.reconstruct(env["pa"], env["lat"], tmp_path / "o.nii.gz", checkpoint=wrong)
-    monkeypatch.setattr(R, "DEFAULT_WEIGHTS", "assets/not-installed")
+    monkeypatch.setattr(I, "DEFAULT_WEIGHTS", "assets/not-installed")
     with pytest.raises(CheckpointError, match="no bundled default weights.*--checkpoint"):
         R.reconstruct(env["pa"], env["lat"], tmp_path / "o.nii.gz")
     assert not (tmp_path / "o.nii.gz").exists()
@@ -253,12 +256,12 @@ def test_interrupted_write_leaves_no_file(env, tmp_path, monkeypatch):
 
     monkeypatch.setattr(nib, "save", full_disk)
     out = tmp_path / "ct.nii.gz"
-    with pytest.raises(R.OutputWriteError, match="No space left") as e:
+    with pytest.raises(O.OutputWriteError, match="No space left") as e:
         run(env, out)
     assert str(out) in str(e.value)
     assert list(tmp_path.iterdir()) == []  # neither the final name nor a temp file
     out.write_bytes(b"old")
-    with pytest.raises(R.OutputWriteError):
+    with pytest.raises(O.OutputWriteError):
         run(env, out, overwrite=True)
     assert out.read_bytes() == b"old"  # a failed overwrite keeps the previous file
 
@@ -275,7 +278,7 @@ def test_interrupted_dicom_series_leaves_no_folder(env, tmp_path, monkeypatch):
         return real(self, filename, *a, **k)
 
     monkeypatch.setattr(pydicom.Dataset, "save_as", fail_third)
-    with pytest.raises(R.OutputWriteError):
+    with pytest.raises(O.OutputWriteError):
         run(env, tmp_path / "series", fmt="dicom")
     assert list(tmp_path.iterdir()) == []
 
@@ -300,7 +303,7 @@ def test_batch_reports_broken_pairs_and_does_the_rest(env, tmp_path):
     shutil.copy(env["pa"], sub / "case7_pa_drr.png")
     shutil.copy(env["lat"], sub / "case7_lat_drr.png")
     out = tmp_path / "out"
-    report = R.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", uncertainty=True, progress=False,
+    report = B.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", uncertainty=True, progress=False,
                                  refine=R.NO_REFINE)
     assert sorted(cid for cid, _ in report.done) == ["case7", "good"]
     failed = dict(report.failed)
@@ -308,7 +311,7 @@ def test_batch_reports_broken_pairs_and_does_the_rest(env, tmp_path):
     assert "bad_lat.png" in failed["bad"] and "no lat" in failed["lonely"]
     assert np.abs(load_volume(out / "good.nii.gz")[0] - expected_hu(env)).max() <= 0.5 + 1e-3
     assert (out / "good_uncertainty.nii.gz").is_file() and not (out / "bad.nii.gz").exists()
-    again = R.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", progress=False, refine=R.NO_REFINE)
+    again = B.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", progress=False, refine=R.NO_REFINE)
     assert sorted(cid for cid, _ in again.skipped) == ["case7", "good"] and not again.done
 
 
@@ -323,21 +326,21 @@ def test_batch_single_views_reconstructs_a_lonely_film(env, tmp_path):
     shutil.copy(env["pa"], folder / "twice_pa.png")
     shutil.copy(env["pa"], folder / "twice_pa_copy.png")
     out = tmp_path / "out"
-    report = R.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", progress=False,
+    report = B.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", progress=False,
                                  refine=R.NO_REFINE, single_views=True)
     assert sorted(cid for cid, _ in report.done) == ["good", "lonely"]
     assert report.one_view == [("lonely", "pa")] and [cid for cid, _ in report.failed] == ["twice"]
     alone = R.reconstruct(env["pa"], None, tmp_path / "alone.nii.gz", checkpoint=env["ckpt"], device="cpu",
                           refine=R.NO_REFINE)
     np.testing.assert_array_equal(load_volume(out / "lonely.nii.gz")[0], load_volume(alone)[0])
-    pairs, problems = R.find_pairs(folder)  # without the flag the lonely film is a problem that names the fix
+    pairs, problems = B.find_pairs(folder)  # without the flag the lonely film is a problem that names the fix
     assert "lonely" not in pairs and "--single-views" in dict(problems)["lonely"]
 
 
 def test_batch_without_pairs_is_an_error(env, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(R.ReconstructionError, match="no complete X-ray pair"):
-        R.reconstruct_batch(tmp_path, tmp_path / "o", checkpoint=env["ckpt"], progress=False, refine=R.NO_REFINE)
+        B.reconstruct_batch(tmp_path, tmp_path / "o", checkpoint=env["ckpt"], progress=False, refine=R.NO_REFINE)
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -380,19 +383,19 @@ def test_batch_writes_extras_only_when_asked_and_never_over_existing_ones(env, t
         shutil.copy(env["pa"], folder / f"{cid}_pa.png")
         shutil.copy(env["lat"], folder / f"{cid}_lat.png")
     out = tmp_path / "out"
-    plain = R.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", progress=False, refine=R.NO_REFINE)
+    plain = B.reconstruct_batch(folder, out, checkpoint=env["ckpt"], device="cpu", progress=False, refine=R.NO_REFINE)
     assert len(plain.done) == 2
     assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz"]  # no report, preview or std
     out2 = tmp_path / "out2"
     out2.mkdir()
     (out2 / "a_report.html").write_text("precious")
-    result = R.reconstruct_batch(folder, out2, checkpoint=env["ckpt"], device="cpu", progress=False,
+    result = B.reconstruct_batch(folder, out2, checkpoint=env["ckpt"], device="cpu", progress=False,
                                  refine=R.NO_REFINE, report=True)
     assert [cid for cid, _ in result.done] == ["b"] and (out2 / "b_report.html").is_file()
     failed = dict(result.failed)
     assert "a_report.html" in failed["a"] and "--overwrite" in failed["a"]
     assert (out2 / "a_report.html").read_text() == "precious" and not (out2 / "a.nii.gz").exists()
-    again = R.reconstruct_batch(folder, out2, checkpoint=env["ckpt"], device="cpu", progress=False,
+    again = B.reconstruct_batch(folder, out2, checkpoint=env["ckpt"], device="cpu", progress=False,
                                 refine=R.NO_REFINE, report=True,
                                 overwrite=True)
     assert len(again.done) == 2 and (out2 / "a_report.html").read_text(encoding="utf-8") != "precious"

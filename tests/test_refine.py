@@ -158,7 +158,7 @@ def test_evaluate_refine_reports_the_gain(tmp_path):
 
     from xray2ct.data.prepare import make_phantom_dataset
     from xray2ct.engine.evaluate import evaluate
-    from xray2ct.engine.reconstruct import default_checkpoint
+    from xray2ct.engine.inference import default_checkpoint
 
     # the bundled weights' own phantom family (v1): the gain is a claim about in-distribution films
     make_phantom_dataset(tmp_path / "ph", n=3, size=32, seed=4242, xray_size=128, progress=False, version=1)

@@ -65,7 +65,7 @@ def test_preview_writes_the_patient_sides_on_every_slice(tmp_path):
     """The preview PNG carries R/L, A/P, S/I at the edges (yellow letters) as the viewer does."""
     from PIL import Image
 
-    from xray2ct.engine.reconstruct import save_preview
+    from xray2ct.engine.outputs import save_preview
 
     hu = np.full((16, 16, 16), -1000.0, np.float32)
     plain, labelled = tmp_path / "plain.png", tmp_path / "labelled.png"

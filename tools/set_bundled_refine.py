@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from xray2ct.config import RefineConfig, config_from_dict, config_to_dict, save_config, validate_config
-from xray2ct.engine.reconstruct import default_checkpoint
+from xray2ct.engine.inference import default_checkpoint
 from xray2ct.fileio import atomic_path
 
 

@@ -228,13 +228,14 @@ def reconstruct(
 
     from xray2ct.acquisition import AcquisitionFlags
     from xray2ct.engine import reconstruct as R
+    from xray2ct.engine.batch import reconstruct_batch
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     refinement = R.RefineOptions(enabled=refine, steps=refine_steps, size=refine_size)
     acquisition = AcquisitionFlags(sid, sod, pixel_mm, lat_sid, lat_sod, lat_pixel_mm, ap)
 
     if batch is not None:
-        done = R.reconstruct_batch(batch, out, checkpoint=checkpoint, device=device, upscale=upscale, fmt=format_,
+        done = reconstruct_batch(batch, out, checkpoint=checkpoint, device=device, upscale=upscale, fmt=format_,
                                    overwrite=overwrite, uncertainty=uncertainty is not None,
                                    preview=preview is not None, progress=True, report=report is not None,
                                    refine=refinement, acquisition=acquisition, cuda_graphs=cuda_graphs,

@@ -12,7 +12,7 @@ resampling), so refinement can fit t and then the volume through it. `padded` is
 geometry of that larger grid: the same voxels, detectors and distances; `in_room` both.
 
 `placed` tells the network's lifting where the films show the patient, so it samples each
-film where a patient-centred voxel actually cast its shadow (`engine.reconstruct.refine_placed`).
+film where a patient-centred voxel actually cast its shadow (`engine.refining.refine_placed`).
 """
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def fresh_cases(n: int, seed: int, volume_size: int, xray_size: int, truth_size:
 
 
 def _predict_all(model, dev, cases):
-    from xray2ct.engine.reconstruct import predict
+    from xray2ct.engine.inference import predict
 
     return [predict(model, x, dev) for x, _ in cases]
 
@@ -94,7 +94,7 @@ def refine_suite(checkpoint=None, device: str = "cpu", n_val: int = 12, n_test: 
     """Run the suite on `checkpoint` (default: the bundled weights); returns a SuiteResult."""
     from xray2ct.benchmark import SuiteResult
     from xray2ct.calibration import coverage, fit_temperature
-    from xray2ct.engine.reconstruct import load_for_inference
+    from xray2ct.engine.inference import load_for_inference
 
     model, cfg, dev = load_for_inference(checkpoint, device)
     n, s = cfg.model.volume_size, cfg.model.xray_img_size

@@ -123,7 +123,7 @@ def measure(checkpoint=None, device: str = "cpu", n: int = 8, quick: bool = Fals
     (per-phantom values); with `refine`, "refined_psnr" in "nominal" and every point too."""
     from xray2ct.data.phantoms import chest_phantom
     from xray2ct.data.xrayio import prepare_xray
-    from xray2ct.engine.reconstruct import load_for_inference, predict
+    from xray2ct.engine.inference import load_for_inference, predict
     from xray2ct.metrics import psnr, ssim3d
     from xray2ct.models.net import using_geometry
     from xray2ct.refine_suite import fresh_cases
@@ -143,7 +143,7 @@ def measure(checkpoint=None, device: str = "cpu", n: int = 8, quick: bool = Fals
         return predict(model, xrays, dev)
 
     def refined(mu, log_var, xrays, geometry):  # each case on its own, as `reconstruct` does (its skip rule too)
-        from xray2ct.engine.reconstruct import refine_placed, refine_skip_reason
+        from xray2ct.engine.refining import refine_placed, refine_skip_reason
 
         both = (True, True)
         return [m[None] if refine_skip_reason(geometry, both, x[None]) else

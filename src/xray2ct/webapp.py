@@ -137,7 +137,7 @@ class Reconstructor:
 
     def __init__(self, checkpoint=None, device: str = "cpu", workdir: str | Path | None = None) -> None:
         from xray2ct.engine.demo import bundled_examples
-        from xray2ct.engine.reconstruct import load_for_inference
+        from xray2ct.engine.inference import load_for_inference
 
         self.model, self.cfg, self.device = load_for_inference(checkpoint, device)
         self._owns_workdir = workdir is None
@@ -152,7 +152,9 @@ class Reconstructor:
 
     def __call__(self, pa, lat, progress: Callable[[float, str], None] = lambda f, desc: None,
                  refine: bool = True) -> Result:
-        from xray2ct.engine.reconstruct import NO_REFINE, RefineOptions, reconstruct_pair, save_report, save_volume
+        from xray2ct.engine.outputs import save_report, save_volume
+        from xray2ct.engine.reconstruct import reconstruct_pair
+        from xray2ct.engine.refining import NO_REFINE, RefineOptions
         from xray2ct.surface import try_bone_surface, write_obj
 
         started = time.perf_counter()

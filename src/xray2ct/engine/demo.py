@@ -72,8 +72,10 @@ def run_demo(out: str | Path, device: str = "cpu") -> Iterator[str]:
     """Reconstruct every bundled example with the bundled weights; yields report lines."""
     from tqdm import tqdm
 
-    from xray2ct.engine.reconstruct import RefineOptions, default_checkpoint, load_for_inference, load_study_for, \
-        reconstruct_pair, save_preview, save_volume
+    from xray2ct.engine.inference import default_checkpoint, load_for_inference
+    from xray2ct.engine.outputs import save_preview, save_volume
+    from xray2ct.engine.reconstruct import load_study_for, reconstruct_pair
+    from xray2ct.engine.refining import RefineOptions
 
     started = time.monotonic()
     out = Path(out)

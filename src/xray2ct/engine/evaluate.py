@@ -160,7 +160,8 @@ def _write_report(path: Path, result: EvalResult, hu: np.ndarray, spacing) -> Pa
 def _refine_batch(model, pred, log_var, xrays, target, cfg, dev, given=(0, 1)):
     """Refine each case of a batch on its own (early stopping per case) against the given views,
     as `reconstruct` does (`refine_placed`); -> (volumes, per-case extras)."""
-    from xray2ct.engine.reconstruct import ReconstructionError, given_views, refine_placed
+    from xray2ct.engine.inference import ReconstructionError
+    from xray2ct.engine.refining import given_views, refine_placed
     from xray2ct.metrics import psnr
 
     if log_var is None:
@@ -201,14 +202,14 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
 
     from xray2ct.checkpoint import load_model
     from xray2ct.data.dataset import BiplanarDataset
-    from xray2ct.engine.reconstruct import predict, select_device, uncertainty_hu
+    from xray2ct.engine.inference import predict, select_device, uncertainty_hu
     from xray2ct.metrics import all_metrics
     from xray2ct.physics.hu import unit_to_hu
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if views not in VIEW_MODES:
-        from xray2ct.engine.reconstruct import ReconstructionError
+        from xray2ct.engine.inference import ReconstructionError
 
         raise ReconstructionError(f"--views must be one of {', '.join(VIEW_MODES)}, got {views!r}")
     given = VIEW_MODES[views]

@@ -1,0 +1,120 @@
+"""When and how a reconstruction is refined against its films (`xray2ct.refine` does the fitting).
+
+- `RefineOptions`: what the user asked (on, off, or automatic; steps; grid size).
+- `refine_skip_reason`: automatic refinement is skipped when a film shows anatomy beyond the
+  reconstructed field, which the volume cannot explain.
+- `refine_placed`: refine the network's volume, and for a patient found off-centre also the
+  network's second volume lifted where the films show them; keep the better.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from xray2ct.engine.inference import ReconstructionError, predict
+from xray2ct.refine import RefineResult, upsample
+from xray2ct.refine import refine as run_refine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """What the user asked of refinement; the model's config (`refine` section) fills in the rest.
+
+    enabled: True / False, or None (the default): refine unless a film shows anatomy well
+    beyond the reconstructed field (`AUTO_MIN_SHADOW`, `AUTO_MAX_OUTSIDE`), where refinement
+    was measured to cost 1-2 dB (docs/RESULTS.md): the volume would have to explain arms and
+    body outside it. A wide film of air around the field is refined.
+    """
+
+    enabled: bool | None = None
+    steps: int | None = None  # None: the model's refine.steps
+    size: int | None = None  # refine on an N³ grid (prior upsampled); None: the network's grid
+
+    def settings(self, cfg):
+        """The model's RefineConfig with the user's steps, or None when refinement is off."""
+        import dataclasses
+
+        if self.enabled is False:
+            return None
+        return cfg.refine if self.steps is None else dataclasses.replace(cfg.refine, steps=self.steps)
+
+
+NO_REFINE = RefineOptions(enabled=False)
+AUTO_MIN_SHADOW = 0.9  # auto refinement: the volume's shadow covers at least this share of every film, ...
+AUTO_MAX_OUTSIDE = 0.05  # ... or what lies outside it is air (mean grey below this)
+MAX_REFINE_STEPS = 10_000
+MAX_REFINE_SIZE = 256  # refinement grid side: 256³ is ~1 min per step on a CPU
+
+
+def given_views(geometry, xrays: torch.Tensor, present) -> tuple:
+    """The geometry and the films (B, V, S, S) of the views given only: a missing view's zeros are not data."""
+    given = [v for v, p in enumerate(present) if p]
+    if not given:
+        raise ReconstructionError("no view given: a reconstruction needs a frontal or a lateral X-ray")
+    if len(given) == len(present):
+        return geometry, xrays
+    return (geometry.with_views([geometry.views[v] for v in given],
+                                {geometry.views[v]: geometry.setup(geometry.views[v]) for v in given}), xrays[:, given])
+
+
+def refine_placed(model, dev, xrays: torch.Tensor, volume: torch.Tensor, log_var: torch.Tensor, lift_geometry,
+                  geometry, present, settings, mu_water: float = 0.02) -> tuple[RefineResult, torch.Tensor, torch.Tensor]:
+    """Refine the network's volume; for a patient the films show off-centre, also the network's
+    second volume, lifted where the films show them, and keep the one that explains the films
+    better. -> (the refinement kept, the network volume and log-variance it started from).
+
+    xrays (1, 2, S, S): the model's inputs; volume, log_var (1, 1, N, N, N): its first pass,
+    lifted through `lift_geometry` (the model's grid, both views); `geometry`: the given views
+    on the refinement's grid, which may be finer (the prior is upsampled to it).
+
+    Why the second pass: the network reconstructs the patient's frame but samples the films
+    as if the patient stood at the isocentre, so it reconstructs a patient 20 mm off it partly
+    where the films show them, and refinement keeps that placement. Lifting through
+    `pose.placed` (the shift refinement found) lets it see the patient where they are. Which
+    pass is better varies (the fitted shift can overshoot), and the image error after
+    refinement tells: on 32 shifted robustness cases it chose the higher-PSNR volume every
+    time (docs/RESULTS.md). A centred patient is refined once, exactly as before.
+    """
+    from xray2ct.models.net import using_geometry
+    from xray2ct.pose import placed
+
+    films = given_views(lift_geometry, xrays, present)[1].to(dev)
+    size = geometry.volume_shape[-1]
+
+    def refined(mu, lv):
+        mu, lv = upsample(mu, size), upsample(lv, size)
+        return run_refine(mu.to(dev), lv.to(dev), films, geometry, settings, mu_water=mu_water), mu, lv
+
+    best = refined(volume, log_var)
+    shift = best[0].shift_mm
+    if settings.relift and shift is not None and bool(shift.any()):
+        with using_geometry(model, placed(lift_geometry, shift[0])):
+            again = refined(*predict(model, xrays, dev))
+        log.info("relifted where the films show the patient: image error %.3g (first pass %.3g)",
+                 again[0].data_after, best[0].data_after)
+        if again[0].data_after < best[0].data_after:
+            best = again
+    return best
+
+
+def refine_skip_reason(geometry, present, xrays: torch.Tensor) -> str | None:
+    """Why automatic refinement should not run on these films, or None: a film that shows
+    matter (not air) outside the volume's shadow sees anatomy the volume cannot explain."""
+    from xray2ct.refine import shadow
+
+    inside = shadow(geometry)  # (V, R, C)
+    for v, given in enumerate(present):
+        outside = ~inside[v]
+        if not given or outside.double().mean() < 1 - AUTO_MIN_SHADOW:
+            continue
+        seen = float(xrays[0, v][outside].float().mean())  # films are [0, 1] with air at 0
+        if seen > AUTO_MAX_OUTSIDE:
+            return (f"the films show anatomy beyond the reconstructed {geometry.volume_shape[0] * geometry.voxel_mm[0]:.0f}"
+                    f" mm field ({100 * float(outside.double().mean()):.0f} % of a film lies outside it), which "
+                    "refinement cannot explain")
+    return None
+
