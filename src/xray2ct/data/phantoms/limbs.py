@@ -57,7 +57,6 @@ def paint_arms(cv: Canvas, b: Body, hu):
 
 def paint_arm_bones(cv: Canvas, b: Body, hu):
     """Humeri (head, shaft), forearm bones, clavicles and scapulae."""
-    p = b.p
     bones = []
     for side in (-1.0, 1.0):
         joint, elbow, wrist = _arm_path(b, side)
