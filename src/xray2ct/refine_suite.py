@@ -92,6 +92,8 @@ def _calibration(cases, preds):
 def refine_suite(checkpoint=None, device: str = "cpu", n_val: int = 12, n_test: int = 50, n_curve: int = 10,
                  n_fine: int = 6, images_dir: str | os.PathLike | None = None, quick: bool = False):
     """Run the suite on `checkpoint` (default: the bundled weights); returns a SuiteResult."""
+    from tqdm.auto import tqdm
+
     from xray2ct.benchmark import SuiteResult
     from xray2ct.calibration import coverage, fit_temperature
     from xray2ct.engine.inference import load_for_inference
@@ -125,7 +127,7 @@ def refine_suite(checkpoint=None, device: str = "cpu", n_val: int = 12, n_test: 
     # voxel in steps of sigma_scale × σ, and `reconstruct` saves σ × sigma_scale as the uncertainty
     calibrated = dataclasses.replace(cfg.refine, sigma_scale=t)
     sweep_rows, best = [], None
-    for kw in sweep:
+    for kw in tqdm(sweep, desc="refine suite: weights on validation", unit="setting", dynamic_ncols=True):
         settings = dataclasses.replace(calibrated, **kw)
         r = _refine_scores(cfg, dev, val, val_preds, settings)
         f = _refine_scores(cfg, dev, val_fine, val_fine_preds, settings)

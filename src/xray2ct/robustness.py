@@ -121,6 +121,8 @@ def measure(checkpoint=None, device: str = "cpu", n: int = 8, quick: bool = Fals
     """One set of weights over the grid: {"checkpoint", "size", "xray_size", "nominal": {"psnr",
     "ssim"}, "points": [{"label", "assumed_psnr", "known_psnr", "assumed_ssim", "known_ssim"}]}
     (per-phantom values); with `refine`, "refined_psnr" in "nominal" and every point too."""
+    from tqdm.auto import tqdm
+
     from xray2ct.data.phantoms import chest_phantom
     from xray2ct.data.xrayio import prepare_xray
     from xray2ct.engine.inference import load_for_inference, predict
@@ -159,7 +161,10 @@ def measure(checkpoint=None, device: str = "cpu", n: int = 8, quick: bool = Fals
     if refine:
         data["nominal"]["refined_psnr"] = score(refined(nominal_mu, nominal_log_var, nominal_x, nominal))[0].tolist()
     points = grid(quick)
-    for i, p in enumerate(points):
+    # a refined run takes about half an hour per set of weights on 2 cores: show where it is
+    bar = tqdm(points, desc=f"robustness {Path(str(checkpoint)).name if checkpoint else 'bundled'}",
+               unit="acquisition", dynamic_ncols=True)
+    for i, p in enumerate(bar):
         xs = []
         for hu in phantoms:
             films, pitch = render(hu, voxel, p, nominal)
