@@ -18,7 +18,7 @@ from xray2ct.physics.hu import hu_to_mu, hu_to_unit, unit_to_hu
 from xray2ct.physics.projector import project
 from xray2ct.physics.radiograph import robust_normalize
 from xray2ct.pose import pad_voxels, padded, placed, shifted
-from xray2ct.refine import fit_shift, refine, reproject
+from xray2ct.refine import data_term, fit_shift, refine, reproject
 
 N, S = 24, 48
 VOXEL = 240 / N  # 10 mm, as the bundled model's
@@ -55,9 +55,9 @@ def test_the_shift_has_a_gradient():
 
 
 @pytest.fixture(scope="module")
-def patient():
-    """A phantom (patient frame), films of it centred and placed 20 mm to its left, and a
-    prior: the truth slightly blurred and biased, with an honest σ."""
+def scene():
+    """A phantom (patient frame), films of it placed at a shift (d, h, w) mm, and a prior: the
+    truth slightly blurred and biased, with an honest σ."""
     truth = hu_to_unit(torch.as_tensor(chest_phantom(N, seed=5, fov_mm=240.0)).float())[None, None]
     pad = pad_voxels(40.0, GEOMETRY)
 
@@ -68,6 +68,13 @@ def patient():
     mu = (torch.nn.functional.avg_pool3d(torch.nn.functional.pad(truth, (1,) * 6, mode="replicate"), 3, stride=1)
           * 0.97).clamp(0, 1)
     log_var = torch.log(((mu - truth) ** 2).mean().expand_as(mu).clone())
+    return truth, films, mu, log_var
+
+
+@pytest.fixture(scope="module")
+def patient(scene):
+    """The scene's films centred and placed 20 mm to the patient's left."""
+    truth, films, mu, log_var = scene
     return truth, films([0.0, 0.0, 0.0]), films([0.0, 0.0, 20.0]), mu, log_var
 
 
@@ -96,6 +103,27 @@ def test_a_shift_no_film_shows_side_on_or_that_explains_little_is_not_fitted(pat
     lateral = GEOMETRY.with_views(["lat"])
     assert not bool(fit_shift(mu, off[:, 1:], lateral, RefineConfig()).any())
     assert not bool(fit_shift(mu, off, GEOMETRY, RefineConfig(shift_min_gain=1000.0)).any())
+
+
+def test_the_gain_gate_weighs_the_whole_fitted_placement(scene):
+    """A patient 20 mm to the left and 8 mm lower: the 8 mm is left to the volume (under
+    shift_min_mm), but the gate judges the placement with it, which explains the films better
+    than its 20 mm part alone (a network that half-follows a shifted patient leaves such parts)."""
+    _, films, mu, _ = scene
+    off = films([8.0, 0.0, 20.0])
+    settings = RefineConfig()
+    best = fit_shift(mu, off, GEOMETRY, dataclasses.replace(settings, shift_min_mm=0.0, shift_min_gain=1.0))
+    assert 5.0 <= float(best[0, 0]) <= 11.0 and 16.0 <= float(best[0, 2]) <= 24.0
+    part = best * torch.tensor([0.0, 0.0, 1.0])
+    pad = pad_voxels(settings.shift_max_mm, GEOMETRY)
+    error = lambda t: float(data_term(shifted(mu, t, GEOMETRY, pad), off, padded(GEOMETRY, pad),  # noqa: E731
+                                      settings.fog_order, pool=4))
+    whole_gain, part_gain = error(torch.zeros(1, 3)) / error(best), error(torch.zeros(1, 3)) / error(part)
+    assert whole_gain > 1.1 * part_gain > 1.1  # the 8 mm matters to the fit
+    gate = (whole_gain * part_gain) ** 0.5  # between the two: passed by the whole placement only
+    shift = fit_shift(mu, off, GEOMETRY, dataclasses.replace(settings, shift_min_gain=gate))
+    assert float(shift[0, 0]) == 0.0 and 16.0 <= float(shift[0, 2]) <= 24.0
+    assert not bool(fit_shift(mu, off, GEOMETRY, dataclasses.replace(settings, shift_min_gain=1.1 * whole_gain)).any())
 
 
 def test_a_centred_patient_is_refined_exactly_as_without_the_fit(patient):
