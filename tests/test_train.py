@@ -200,6 +200,59 @@ def test_schedule_steps_set_the_run_length_and_anneal_fully(data, tmp_path):
     assert state["scheduler"]["last_epoch"] == 7
 
 
+def test_schedule_fitted_to_the_budget_ends_annealed(data, tmp_path, monkeypatch):
+    """fit_schedule_to_budget: the epochs that fit the budget become the schedule's end, so the
+    last step sits on the cosine's floor; resume keeps the fitted plan."""
+    from xray2ct.checkpoint import load_training_state
+    from xray2ct.engine import train as T
+
+    seen = []
+
+    def two_epochs_fit(budget_s, spent_s, done, at_start, max_epochs):
+        seen.append((budget_s, done, at_start, max_epochs))
+        return 2  # as if the budget held two epochs at the measured rate
+
+    monkeypatch.setattr(T, "epochs_in_budget", two_epochs_fit)
+    cfg = load_config(ROOT / "configs/cpu-small.json", overrides={
+        **TINY, "logging.checkpoint_every_steps": 0, "training.num_epochs": 6,
+        "training.time_budget_s": 3600.0, "training.fit_schedule_to_budget": True})
+    result = T.train(cfg, tmp_path / "run", data_dir=data, device="cpu", progress=False)
+    assert result.step == 10 and result.epoch == 2  # 5 steps per epoch, 2 of the 6 epochs
+    assert seen == [(3600.0, 1, 0, 6)]  # planned once; the second epoch ends the plan
+    state = load_training_state(tmp_path / "run" / "last.safetensors")
+    assert state["planned_epochs"] == 2
+    peak = cfg.training.learning_rate
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.02 * peak, rel=1e-6)
+    assert [h["epoch"] for h in result.history] == [1, 2]  # the fitted last epoch is validated
+
+    # resuming with room for more does not re-open the annealed schedule
+    again = T.train(cfg, tmp_path / "run", data_dir=data, device="cpu", progress=False, resume=True)
+    assert again.step == 10
+
+
+def test_fit_schedule_needs_a_budget(data, tmp_path):
+    from xray2ct.engine.train import train
+
+    cfg = load_config(ROOT / "configs/cpu-small.json", overrides={**TINY, "training.fit_schedule_to_budget": True})
+    with pytest.raises(UserError, match="time_budget_s or pass --time-budget"):
+        train(cfg, tmp_path / "run", data_dir=data, device="cpu", progress=False)
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_epochs_in_budget_and_replan():
+    from xray2ct.engine.train import epochs_in_budget, replan
+
+    # 100 s per epoch so far (2 epochs in 200 s): 1000 s hold 8 more
+    assert epochs_in_budget(1000.0, 200.0, 2, 0, max_epochs=50) == 10
+    assert epochs_in_budget(1000.0, 200.0, 2, 0, max_epochs=6) == 6  # num_epochs stays the cap
+    assert epochs_in_budget(1000.0, 1100.0, 5, 0, max_epochs=50) == 5  # over budget: end now
+    # resumed at epoch 4: the rate counts this call's epochs only
+    assert epochs_in_budget(1000.0, 300.0, 7, 4, max_epochs=50) == 14
+    assert replan(planned=20, fitted=12, epochs_done=15) == 12  # shrinks whenever needed
+    assert replan(planned=20, fitted=30, epochs_done=5) == 30  # grows in the first quarter
+    assert replan(planned=20, fitted=30, epochs_done=6) == 20  # not once the cosine has fallen
+
+
 def test_lr_schedule_warmup_then_cosine():
     from xray2ct.engine.train import lr_factor
 

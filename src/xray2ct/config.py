@@ -105,6 +105,11 @@ class TrainingConfig:
     seed: int = 0  # RNG seed for init, shuffling and augmentation
     deterministic: bool = False  # torch deterministic algorithms (slower)
     max_bad_steps: int = 5  # non-finite losses in a row before training stops
+    time_budget_s: float = 0.0  # stop (with a checkpoint) after this much wall time per call; 0: none. --time-budget overrides
+    # size the cosine schedule to the budget: after each epoch, num_epochs (then a cap) becomes the
+    # epochs that end inside time_budget_s at the rate measured so far, so the LR anneals before the
+    # budget stops the run on a slow machine, and a fast machine trains longer
+    fit_schedule_to_budget: bool = False
 
 
 @dataclass(frozen=True)
@@ -398,6 +403,7 @@ def validate_config(cfg: Config, source: str = "<config>") -> None:
     for key in ("weight_decay", "grad_clip_max_norm", "warmup_epochs"):
         need(getattr(t, key) >= 0, f"training.{key} must be >= 0, got {getattr(t, key)}")
     need(t.seed >= 0, f"training.seed must be >= 0, got {t.seed}")
+    need(t.time_budget_s >= 0, f"training.time_budget_s must be >= 0 (0: no budget), got {t.time_budget_s}")
 
     weights = {f.name: getattr(lo, f.name) for f in fields(lo)}
     for key, w in weights.items():

@@ -75,6 +75,15 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def broadcast_int(value: int, info: DistInfo, device: torch.device) -> int:
+    """Rank 0's value on every rank (a decision all ranks must share, e.g. the schedule's length)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics span every rank's batch, on any backend.
 

@@ -162,6 +162,25 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.training.learning_rate)
 
 
+def epochs_in_budget(budget_s: float, spent_s: float, epochs_done: int, epochs_at_start: int,
+                     max_epochs: int) -> int:
+    """The epochs a run can end with inside budget_s: those done plus the whole epochs the
+    rest of the budget holds at this call's mean rate (validation included), within
+    [epochs_done, max_epochs]. spent_s and the rate count this call only, as the budget does."""
+    per_epoch = spent_s / max(1, epochs_done - epochs_at_start)
+    more = int(max(0.0, budget_s - spent_s) // per_epoch) if per_epoch > 0 else max_epochs
+    return max(epochs_done, min(max_epochs, epochs_done + more))
+
+
+def replan(planned: int, fitted: int, epochs_done: int) -> int:
+    """The schedule's new length in epochs. It shrinks whenever the budget requires (an
+    annealed end beats a cut one) but grows only in its first quarter, where the cosine is
+    still near its peak (factor >= 0.85), so a longer plan never lifts an annealing LR."""
+    if fitted < planned or epochs_done * 4 <= planned:
+        return fitted
+    return planned
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int, floor: float = 0.02) -> float:
     """Linear warmup to 1, then cosine decay to `floor` at total_steps."""
     if step < warmup_steps:
@@ -387,11 +406,20 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
     steps_per_epoch = len(train_loader) // tc.grad_accum_steps
     if steps_per_epoch == 0:
         raise UserError(f"{data_dir}: too few training cases for batch_size × grad_accum_steps")
+    time_budget_s = time_budget_s or tc.time_budget_s or None  # the flag, else the config's
+    fit = tc.fit_schedule_to_budget
+    if fit and not time_budget_s:
+        raise UserError("training.fit_schedule_to_budget sizes the schedule to a time budget: set "
+                        "training.time_budget_s or pass --time-budget")
+    if fit and schedule_steps:
+        raise UserError("schedule_steps fixes the schedule's length; training.fit_schedule_to_budget fits it "
+                        "to the time budget: use one of them")
     total_steps = steps_per_epoch * tc.num_epochs
     warmup = max(1, tc.warmup_epochs * steps_per_epoch)
     if schedule_steps:
         total_steps, warmup = schedule_steps, max(1, round(schedule_steps * tc.warmup_epochs / tc.num_epochs))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps))
+    plan = {"total": total_steps}  # the cosine's end; fit_schedule_to_budget moves it after each epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, plan["total"]))
     amp, scaler = autocast_for(dev, cfg.optimization.use_mixed_precision)
 
     # step: optimizer steps taken (drives the LR schedule); slot: accumulation groups
@@ -409,6 +437,8 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
         set_rng_state(rng[info.rank] if isinstance(rng, list) else rng)
         step, slot, best, history = state["step"], state["slot"], state["best_psnr"], state["history"]
         elapsed_before = state.get("elapsed_s", 0.0)
+        if fit and state.get("planned_epochs"):
+            total_steps = plan["total"] = min(total_steps, state["planned_epochs"] * steps_per_epoch)
         log.info("resumed %s at step %d", out, step)
 
     writer = None
@@ -429,7 +459,8 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
                 "slot": slot, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rngs if info.enabled else rngs[0], "best_psnr": best, "history": history,
-                "elapsed_s": elapsed_before + time.monotonic() - started})
+                "elapsed_s": elapsed_before + time.monotonic() - started,
+                "planned_epochs": plan["total"] // steps_per_epoch})
 
     limit = min(total_steps, max_steps) if max_steps else total_steps
     bar = None
@@ -442,6 +473,7 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
     # of the last good step so one bad batch cannot poison evaluation or a checkpoint.
     good_buffers = [b.detach().clone() for b in raw_model.buffers()]
     started = time.monotonic()
+    epochs_at_start = slot // steps_per_epoch
     train_s, samples = 0.0, 0  # this call's time in the training loop and samples seen there
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)  # peak of this run, not of whatever ran before in the process
@@ -524,6 +556,20 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
             train_s, samples = train_s + epoch_s, samples + seen
             if slot % steps_per_epoch == 0 and slot // steps_per_epoch == epoch + 1 and not stopped:
                 done = epoch + 1  # epochs completed
+                # before validation, so a schedule that now ends here gets its final validation
+                if fit and slot < total_steps:
+                    planned = total_steps // steps_per_epoch
+                    fitted = epochs_in_budget(time_budget_s, time.monotonic() - started, done, epochs_at_start,
+                                              tc.num_epochs)
+                    new_plan = D.broadcast_int(replan(planned, fitted, done), info, dev)  # rank 0's clock decides
+                    if new_plan != planned:
+                        total_steps = plan["total"] = new_plan * steps_per_epoch
+                        limit = min(total_steps, max_steps) if max_steps else total_steps
+                        if bar:
+                            bar.total = limit
+                            bar.refresh()
+                        log.info("schedule fitted to the %.0f s budget: %d epochs (%d steps), was %d",
+                                 time_budget_s, new_plan, total_steps, planned)
                 if done % cfg.logging.val_interval == 0 or slot >= total_steps or step >= limit:
                     samples_s = seen / max(epoch_s, 1e-9)  # this epoch's training, no validation
                     metrics = validate(raw_model, val_loader, dev, amp, info, val_inputs)
