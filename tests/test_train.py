@@ -321,3 +321,24 @@ def test_resume_refuses_another_model_or_recipe_and_names_the_changes(data, tmp_
                            overrides={"training.num_epochs": 4, "logging.log_interval": 3})
     assert result.step == 2
     assert "training.num_epochs: 2 -> 4" in caplog.text and "logging.log_interval: 1 -> 3" in caplog.text
+
+
+def _broadcast_worker(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from xray2ct.engine.distributed import DistInfo, broadcast_int
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        # each rank's own clock would fit a different plan; rank 0's must win on both
+        got = broadcast_int(7 + rank, DistInfo(rank=rank, world_size=2), torch.device("cpu"))
+        Path(f"{out}.{rank}").write_text(str(got))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_broadcast_int_gives_every_rank_rank_zeros_value(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_broadcast_worker, args=(str(tmp_path / "store"), str(tmp_path / "got")), nprocs=2, join=True)
+    assert [(tmp_path / f"got.{r}").read_text() for r in (0, 1)] == ["7", "7"]
