@@ -208,8 +208,8 @@ def test_schedule_fitted_to_the_budget_ends_annealed(data, tmp_path, monkeypatch
 
     seen = []
 
-    def two_epochs_fit(budget_s, spent_s, done, at_start, max_epochs):
-        seen.append((budget_s, done, at_start, max_epochs))
+    def two_epochs_fit(budget_s, spent_s, epochs_run, done, max_epochs):
+        seen.append((budget_s, epochs_run, done, max_epochs))
         return 2  # as if the budget held two epochs at the measured rate
 
     monkeypatch.setattr(T, "epochs_in_budget", two_epochs_fit)
@@ -218,7 +218,7 @@ def test_schedule_fitted_to_the_budget_ends_annealed(data, tmp_path, monkeypatch
         "training.time_budget_s": 3600.0, "training.fit_schedule_to_budget": True})
     result = T.train(cfg, tmp_path / "run", data_dir=data, device="cpu", progress=False)
     assert result.step == 10 and result.epoch == 2  # 5 steps per epoch, 2 of the 6 epochs
-    assert seen == [(3600.0, 1, 0, 6)]  # planned once; the second epoch ends the plan
+    assert seen == [(3600.0, 1.0, 1, 6)]  # planned once; the second epoch ends the plan
     state = load_training_state(tmp_path / "run" / "last.safetensors")
     assert state["planned_epochs"] == 2
     peak = cfg.training.learning_rate
@@ -243,11 +243,11 @@ def test_epochs_in_budget_and_replan():
     from xray2ct.engine.train import epochs_in_budget, replan
 
     # 100 s per epoch so far (2 epochs in 200 s): 1000 s hold 8 more
-    assert epochs_in_budget(1000.0, 200.0, 2, 0, max_epochs=50) == 10
-    assert epochs_in_budget(1000.0, 200.0, 2, 0, max_epochs=6) == 6  # num_epochs stays the cap
-    assert epochs_in_budget(1000.0, 1100.0, 5, 0, max_epochs=50) == 5  # over budget: end now
-    # resumed at epoch 4: the rate counts this call's epochs only
-    assert epochs_in_budget(1000.0, 300.0, 7, 4, max_epochs=50) == 14
+    assert epochs_in_budget(1000.0, 200.0, 2.0, 2, max_epochs=50) == 10
+    assert epochs_in_budget(1000.0, 200.0, 2.0, 2, max_epochs=6) == 6  # num_epochs stays the cap
+    assert epochs_in_budget(1000.0, 1100.0, 5.0, 5, max_epochs=50) == 5  # over budget: end now
+    # resumed mid-epoch: this call ran 1.5 epochs in 300 s (200 s each) and has finished epoch 7
+    assert epochs_in_budget(1000.0, 300.0, 1.5, 7, max_epochs=50) == 10
     assert replan(planned=20, fitted=12, epochs_done=15) == 12  # shrinks whenever needed
     assert replan(planned=20, fitted=30, epochs_done=5) == 30  # grows in the first quarter
     assert replan(planned=20, fitted=30, epochs_done=6) == 20  # not once the cosine has fallen

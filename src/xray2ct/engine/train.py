@@ -162,12 +162,13 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.training.learning_rate)
 
 
-def epochs_in_budget(budget_s: float, spent_s: float, epochs_done: int, epochs_at_start: int,
+def epochs_in_budget(budget_s: float, spent_s: float, epochs_run: float, epochs_done: int,
                      max_epochs: int) -> int:
     """The epochs a run can end with inside budget_s: those done plus the whole epochs the
-    rest of the budget holds at this call's mean rate (validation included), within
-    [epochs_done, max_epochs]. spent_s and the rate count this call only, as the budget does."""
-    per_epoch = spent_s / max(1, epochs_done - epochs_at_start)
+    rest of the budget holds at this call's mean rate (spent_s over the epochs_run, a
+    fraction when a resumed call began mid-epoch; validation included), within
+    [epochs_done, max_epochs]. Like the budget, spent_s and epochs_run count this call only."""
+    per_epoch = spent_s / epochs_run if epochs_run > 0 else 0.0
     more = int(max(0.0, budget_s - spent_s) // per_epoch) if per_epoch > 0 else max_epochs
     return max(epochs_done, min(max_epochs, epochs_done + more))
 
@@ -473,7 +474,7 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
     # of the last good step so one bad batch cannot poison evaluation or a checkpoint.
     good_buffers = [b.detach().clone() for b in raw_model.buffers()]
     started = time.monotonic()
-    epochs_at_start = slot // steps_per_epoch
+    slot_at_start = slot  # the fitted schedule's rate counts this call's steps, as the budget does
     train_s, samples = 0.0, 0  # this call's time in the training loop and samples seen there
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)  # peak of this run, not of whatever ran before in the process
@@ -559,8 +560,8 @@ def _train(cfg, out, data_dir, resume, dev, info, progress, max_steps, time_budg
                 # before validation, so a schedule that now ends here gets its final validation
                 if fit and slot < total_steps:
                     planned = total_steps // steps_per_epoch
-                    fitted = epochs_in_budget(time_budget_s, time.monotonic() - started, done, epochs_at_start,
-                                              tc.num_epochs)
+                    fitted = epochs_in_budget(time_budget_s, time.monotonic() - started,
+                                              (slot - slot_at_start) / steps_per_epoch, done, tc.num_epochs)
                     new_plan = D.broadcast_int(replan(planned, fitted, done), info, dev)  # rank 0's clock decides
                     if new_plan != planned:
                         total_steps = plan["total"] = new_plan * steps_per_epoch
