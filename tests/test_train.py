@@ -230,6 +230,25 @@ def test_schedule_fitted_to_the_budget_ends_annealed(data, tmp_path, monkeypatch
     assert again.step == 10
 
 
+def test_a_budget_that_holds_every_epoch_leaves_the_schedule_as_it_was(data, tmp_path, monkeypatch):
+    """With num_epochs as the cap and a machine fast enough for all of them, the fitted run is
+    the plain run, weight for weight (cpu-default.json relies on this)."""
+    from xray2ct.engine import train as T
+
+    base = {**TINY, "logging.checkpoint_every_steps": 0, "training.num_epochs": 3}
+    plain = T.train(load_config(ROOT / "configs/cpu-small.json", overrides=base), tmp_path / "plain",
+                    data_dir=data, device="cpu", progress=False)
+    # a budget with room for more: epochs_in_budget returns its cap, num_epochs
+    monkeypatch.setattr(T, "epochs_in_budget", lambda budget, spent, run, done, max_epochs: max_epochs)
+    fitted = T.train(load_config(ROOT / "configs/cpu-small.json", overrides={
+        **base, "training.time_budget_s": 3600.0, "training.fit_schedule_to_budget": True}), tmp_path / "fitted",
+        data_dir=data, device="cpu", progress=False)
+    assert plain.step == fitted.step == 15
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "fitted")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
 def test_fit_schedule_needs_a_budget(data, tmp_path):
     from xray2ct.engine.train import train
 
