@@ -221,3 +221,44 @@ def test_a_patient_found_off_centre_is_relifted_and_the_better_refinement_kept(p
         assert torch.equal(run(worse, films, s)[1], mu) and len(worse.seen) == 1
     with pytest.raises(ConfigError, match="relift"):
         config_from_dict({"refine": {"relift": "yes"}})
+
+
+class _HalfFollower(_Recorder):
+    """A network that follows a shifted patient half-way when it lifts through the model's own
+    geometry (`off_volume`), and reconstructs the patient's frame once lifted where the films
+    show the patient (any detector offset)."""
+
+    def __init__(self, geometry, off_volume, volume, log_var):
+        super().__init__(geometry, volume, log_var)
+        self.off_volume = off_volume
+
+    def forward(self, xrays):
+        self.seen.append(self.geometry)
+        lifted_at_patient = self.geometry.setup("pa").det_offset_mm != (0.0, 0.0)
+        return {"volume": self.volume if lifted_at_patient else self.off_volume, "log_var": self.log_var}
+
+
+def test_a_patient_the_network_half_follows_is_relifted_below_the_shift_gate(patient):
+    from xray2ct.engine.refining import refine_placed
+
+    truth, centred, off, mu, log_var = patient  # `off`: the films show the patient 20 mm to the left
+    pad = pad_voxels(40.0, GEOMETRY)
+    followed = shifted(mu, torch.tensor([0.0, 0.0, 13.0]), GEOMETRY, pad)[..., pad:-pad, pad:-pad]  # 13 of the 20 mm
+    settings, cpu = RefineConfig(steps=40), torch.device("cpu")
+    assert float(fit_shift(followed, off, GEOMETRY, settings).abs().max()) == 0  # under the gate: nothing kept
+
+    def run(s):
+        net = _HalfFollower(GEOMETRY, followed, mu, log_var)
+        return net, refine_placed(net, cpu, off, followed, log_var, GEOMETRY, GEOMETRY, (True, True), s)
+
+    net, (result, network, _) = run(settings)
+    # the first pass is the volume given; relifted first at the raw ~7 mm, then where that pass found the patient
+    assert len(net.seen) == 2 and torch.equal(network, mu)
+    first, second = (g.setup("pa").det_offset_mm[1] * 1650 / 1800 for g in net.seen)
+    assert -11.0 <= first <= -3.0 and -24.0 <= second <= -16.0
+    assert result.shift_mm is not None and 16.0 <= float(result.shift_mm[0, 2]) <= 24.0
+    net0, (once, _, _) = run(dataclasses.replace(settings, relift_rounds=0))
+    assert not net0.seen  # relift_rounds 0: below the gate the network is not run again
+    assert float(psnr(result.volume, truth)) > float(psnr(once.volume, truth)) + 1.0
+    with pytest.raises(ConfigError, match="relift_rounds"):
+        config_from_dict({"refine": {"relift_rounds": -1}})

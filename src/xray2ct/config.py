@@ -41,7 +41,7 @@ MAX_INT = {
     "training.grad_accum_steps": 4096, "training.seed": 2**32 - 1, "training.max_bad_steps": 1_000_000,
     "data.max_patients": 10**9, "data.num_workers": 256, "data.prefetch_factor": 1024,
     "refine.steps": 100_000, "refine.patience": 100_000, "refine.fog_order": 6, "refine.image_pool": 64,
-    "refine.shift_steps": 10_000,
+    "refine.shift_steps": 10_000, "refine.relift_rounds": 16,
 }
 MAX_CHANNELS = 4096  # each entry of model.encoder_channels / decoder_channels
 MAX_STAGES = 8  # entries of model.encoder_channels / decoder_channels
@@ -224,6 +224,11 @@ class RefineConfig:
     shift_min_gain: float = 1.6  # ... and a shift must explain the coarse images this many times better than none
     shift_max_mm: float = 40.0  # a shift is clamped to this (the training acquisitions' offsets reach 30 mm)
     relift: bool = True  # with a shift found, run the network again lifting where the films show the patient
+    # ... also below shift_min_mm: where the raw fitted placement (gates off) reaches relift_min_mm, for up to
+    # relift_rounds passes, each kept only when its refinement explains the films better (a network that
+    # half-follows a shifted patient leaves a volume whose own fit stays under the gate)
+    relift_rounds: int = 2
+    relift_min_mm: float = 5.0  # half a 32³ voxel
 
 
 @dataclass(frozen=True)
@@ -440,6 +445,8 @@ def validate_config(cfg: Config, source: str = "<config>") -> None:
          f"need refine.lr ({r.lr}) > 0, refine.prior_weight ({r.prior_weight}) >= 0, "
          f"refine.sigma_scale ({r.sigma_scale}) > 0 and 0 <= refine.tol ({r.tol}) < 1")
     need(r.shift_min_gain >= 1, f"refine.shift_min_gain ({r.shift_min_gain}) must be >= 1")
+    need(r.relift_rounds >= 0 and r.relift_min_mm >= 0,
+         f"need refine.relift_rounds ({r.relift_rounds}) >= 0 and refine.relift_min_mm ({r.relift_min_mm}) >= 0")
     need(r.shift_steps >= 0 and 0 <= r.shift_min_mm <= r.shift_max_mm and 0 < r.shift_max_mm <= 200,
          f"need refine.shift_steps ({r.shift_steps}) >= 0 and 0 <= refine.shift_min_mm ({r.shift_min_mm}) "
          f"<= refine.shift_max_mm ({r.shift_max_mm}), which is in (0, 200] mm (it pads the refined grid)")

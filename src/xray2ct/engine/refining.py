@@ -77,27 +77,49 @@ def refine_placed(model, dev, xrays: torch.Tensor, volume: torch.Tensor, log_var
     `pose.placed` (the shift refinement found) lets it see the patient where they are. Which
     pass is better varies (the fitted shift can overshoot), and the image error after
     refinement tells: on 32 shifted robustness cases it chose the higher-PSNR volume every
-    time (docs/RESULTS.md). A centred patient is refined once, exactly as before.
+    time (docs/RESULTS.md).
+
+    Below the shift gate: a network can follow a shifted patient half-way, and then its volume
+    is already so misplaced that refinement's own fit stays under `shift_min_mm` (one phantom
+    at +20 mm: 7 mm found). So where no shift was kept, the raw placement (gates off) is
+    lifted at when it reaches `relift_min_mm`, and again from the new volume's raw placement,
+    for up to `relift_rounds` passes; each is kept only if it explains the films better, and the
+    first that does not ends the search. Most centred patients cost one extra placement fit.
     """
+    import dataclasses
+
     from xray2ct.models.net import using_geometry
     from xray2ct.pose import placed
+    from xray2ct.refine import fit_shift
 
     films = given_views(lift_geometry, xrays, present)[1].to(dev)
     size = geometry.volume_shape[-1]
+    raw = dataclasses.replace(settings, shift_min_mm=0.0, shift_min_gain=1.0)
 
     def refined(mu, lv):
         mu, lv = upsample(mu, size), upsample(lv, size)
         return run_refine(mu.to(dev), lv.to(dev), films, geometry, settings, mu_water=mu_water), mu, lv
 
+    def placement(mu):  # (3,) mm where the films show this volume's patient, no gates
+        return fit_shift(mu.to(dev), films, geometry, raw, mu_water)[0]
+
     best = refined(volume, log_var)
-    shift = best[0].shift_mm
-    if settings.relift and shift is not None and bool(shift.any()):
-        with using_geometry(model, placed(lift_geometry, shift[0])):
+    if not settings.relift or min(settings.shift_steps, settings.steps) == 0:
+        return best
+    kept = best[0].shift_mm
+    at = kept[0] if kept is not None and bool(kept.any()) else placement(best[1])
+    for _ in range(settings.relift_rounds):
+        if float(at.abs().max()) < settings.relift_min_mm:
+            break
+        with using_geometry(model, placed(lift_geometry, at)):
             again = refined(*predict(model, xrays, dev))
-        log.info("relifted where the films show the patient: image error %.3g (first pass %.3g)",
+        log.info("relifted at (%.0f, %.0f, %.0f) mm: image error %.3g (before %.3g)", *at.tolist(),
                  again[0].data_after, best[0].data_after)
-        if again[0].data_after < best[0].data_after:
-            best = again
+        if again[0].data_after >= best[0].data_after:
+            break
+        best, previous, at = again, at, placement(again[1])
+        if float((at - previous).abs().max()) < 1.0:
+            break  # the network stays where it was lifted
     return best
 
 
