@@ -65,6 +65,7 @@ class RefineResult:
     history: list[float] = field(default_factory=list)  # data term per step
     shift_mm: torch.Tensor | None = None  # (B, 3) where the films show the patient, (d, h, w) mm from the
     #   volume's centre; None: not fitted (all zero: centred within shift_min_mm)
+    fitted_mm: torch.Tensor | None = None  # (B, 3) the same fit before its gates (where relifting may look)
 
     def placement(self) -> str | None:
         """One line on where the films show the (first) patient, or None when centred or not fitted."""
@@ -126,7 +127,7 @@ def reproject(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog
 
 
 def fit_shift(mu: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, settings: RefineConfig,
-              mu_water: float = 0.02) -> torch.Tensor:
+              mu_water: float = 0.02, ungated: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Where the films show the patient: (B, 1, D, H, W), (B, V, R, C) -> shift (B, 3) mm, (d, h, w).
 
     Fitted to the network's mean volume on coarse images (4 x 4, then 2 x 2 pixel means: the
@@ -139,7 +140,7 @@ def fit_shift(mu: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, setting
     held-out phantoms: a 20 mm shift explains them 2-8 times better; the network's own
     misplacement of an unfamiliar body reaches 12 mm but at most 1.8 times, and on 120 nominal
     held-out cases no placement with a 12 mm component passed the gain). The rest is clamped to
-    ±`shift_max_mm`.
+    ±`shift_max_mm`. With `ungated`, also the fitted placement before those gates: (shift, fitted).
     """
     voxel = min(geometry.voxel_mm)
     pad = pad_voxels(settings.shift_max_mm, geometry)
@@ -170,7 +171,7 @@ def fit_shift(mu: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, setting
             if shift[i].any() and error(torch.zeros_like(best), 4, slice(i, i + 1)) < \
                     settings.shift_min_gain * error(best, 4, slice(i, i + 1)):
                 shift[i] = 0
-    return shift.cpu()
+    return (shift.cpu(), best.cpu()) if ungated else shift.cpu()
 
 
 def data_term(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog_order: int = 1,
@@ -235,7 +236,9 @@ def refine(mu: torch.Tensor, log_var: torch.Tensor, xrays: torch.Tensor, geometr
     start = time.perf_counter()
     mu, xrays = mu.detach().float().clamp(0, 1), xrays.detach().float()
     scale = settings.sigma_scale * torch.exp(0.5 * log_var.detach().float())  # t σ per voxel
-    shift = fit_shift(mu, xrays, geometry, settings, mu_water) if min(settings.shift_steps, settings.steps) > 0 else None
+    shift = fitted = None
+    if min(settings.shift_steps, settings.steps) > 0:
+        shift, fitted = fit_shift(mu, xrays, geometry, settings, mu_water, ungated=True)
     room = lambda v: in_room(v, geometry, shift, settings.shift_max_mm)[0]  # noqa: E731
     args = (xrays, in_room(mu, geometry, shift, settings.shift_max_mm)[1], settings.fog_order, mu_water,
             settings.image_pool)
@@ -261,7 +264,7 @@ def refine(mu: torch.Tensor, log_var: torch.Tensor, xrays: torch.Tensor, geometr
         volume = (mu + scale * z).clamp(0, 1)
         after = float(data_term(room(volume), *args))
     return RefineResult(volume, history[0] if history else after, after, len(history), time.perf_counter() - start,
-                        history, shift)
+                        history, shift, fitted)
 
 
 def upsample(volume: torch.Tensor, size: int) -> torch.Tensor:

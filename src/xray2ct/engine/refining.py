@@ -84,31 +84,24 @@ def refine_placed(model, dev, xrays: torch.Tensor, volume: torch.Tensor, log_var
     at +20 mm: 7 mm found). So where no shift was kept, the raw placement (gates off) is
     lifted at when it reaches `relift_min_mm`, and again from the new volume's raw placement,
     for up to `relift_rounds` passes; each is kept only if it explains the films better, and the
-    first that does not ends the search. Every case pays one more placement fit, and one whose
-    ungated fit reaches relift_min_mm a relift (refined cases of the acceptance check: 5.0 -> 8.4 s).
+    first that does not ends the search. A case whose ungated fit reaches relift_min_mm pays a
+    relift.
     """
-    import dataclasses
-
     from xray2ct.models.net import using_geometry
     from xray2ct.pose import placed
-    from xray2ct.refine import fit_shift
 
     films = given_views(lift_geometry, xrays, present)[1].to(dev)
     size = geometry.volume_shape[-1]
-    raw = dataclasses.replace(settings, shift_min_mm=0.0, shift_min_gain=1.0)
 
     def refined(mu, lv):
         mu, lv = upsample(mu, size), upsample(lv, size)
         return run_refine(mu.to(dev), lv.to(dev), films, geometry, settings, mu_water=mu_water), mu, lv
 
-    def placement(mu):  # (3,) mm where the films show this volume's patient, no gates
-        return fit_shift(mu.to(dev), films, geometry, raw, mu_water)[0]
-
     best = refined(volume, log_var)
     if not settings.relift or min(settings.shift_steps, settings.steps) == 0:
         return best
     kept = best[0].shift_mm
-    at = kept[0] if kept is not None and bool(kept.any()) else placement(best[1])
+    at = kept[0] if kept is not None and bool(kept.any()) else best[0].fitted_mm[0]  # kept, else ungated
     for _ in range(settings.relift_rounds):
         if float(at.abs().max()) < settings.relift_min_mm:
             break
@@ -118,7 +111,7 @@ def refine_placed(model, dev, xrays: torch.Tensor, volume: torch.Tensor, log_var
                  again[0].data_after, best[0].data_after)
         if again[0].data_after >= best[0].data_after:
             break
-        best, previous, at = again, at, placement(again[1])
+        best, previous, at = again, at, again[0].fitted_mm[0]
         if float((at - previous).abs().max()) < 1.0:
             break  # the network stays where it was lifted
     return best
