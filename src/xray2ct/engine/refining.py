@@ -98,7 +98,7 @@ def refine_placed(model, dev, xrays: torch.Tensor, volume: torch.Tensor, log_var
         return run_refine(mu.to(dev), lv.to(dev), films, geometry, settings, mu_water=mu_water), mu, lv
 
     best = refined(volume, log_var)
-    if not settings.relift or min(settings.shift_steps, settings.steps) == 0:
+    if not settings.relift or best[0].fitted_mm is None:  # no placement was fitted
         return best
     kept = best[0].shift_mm
     at = kept[0] if kept is not None and bool(kept.any()) else best[0].fitted_mm[0]  # kept, else ungated

@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 # Settings that change neither the model, nor the data, nor the optimizer's state, so a
 # resumed run is still the same run. num_epochs lengthens (or shortens) it; the cosine
 # schedule is recomputed for the new length.
-SAFE_ON_RESUME = ("training.num_epochs", "training.max_bad_steps", "training.time_budget_s", "data.num_workers", "data.prefetch_factor",
-                  "data.dataset_path", "logging.*", "optimization.compile_model", "optimization.cuda_graphs",
-                  "description")
+SAFE_ON_RESUME = ("training.num_epochs", "training.max_bad_steps", "training.time_budget_s", "data.num_workers",
+                  "data.prefetch_factor", "data.dataset_path", "logging.*", "optimization.compile_model",
+                  "optimization.cuda_graphs", "description")
 
 
 class RunFolderError(UserError, ValueError):
