@@ -55,3 +55,20 @@ def test_conv_bn_act_uses_it_only_when_depthwise():
     assert isinstance(ConvBNAct3d(8, 8, 3, groups=8)[0], DepthwiseConv3d)
     assert type(ConvBNAct3d(8, 8, 3)[0]) is nn.Conv3d
     assert type(ConvBNAct3d(8, 16, 1)[0]) is nn.Conv3d
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_weight_gradient_at_the_models_shapes(channels_last):
+    """The CPU weight gradient (one grouped convolution) against PyTorch's own, in float32, on
+    the token grid's channels_last_3d layout too, batch > 1 (the sum over samples)."""
+    torch.manual_seed(2)
+    ours = DepthwiseConv3d(16, 3, bias=False)
+    ref = nn.Conv3d(16, 16, 3, padding=1, groups=16, bias=False)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 16, 8, 8, 8)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last_3d)
+    grad = torch.randn(4, 16, 8, 8, 8)
+    (g_ours,) = torch.autograd.grad(ours(x), [ours.weight], grad)
+    (g_ref,) = torch.autograd.grad(ref(x), [ref.weight], grad)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-4)
