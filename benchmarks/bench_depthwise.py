@@ -1,11 +1,11 @@
 """Forward+backward time of a depthwise 3x3x3 Conv3d: nn.Conv3d vs xray2ct's DepthwiseConv3d,
-alone and inside a whole cpu-small training step.
+alone and inside a whole training step.
 
-    python benchmarks/bench_depthwise.py [--repeats 10] [--device cpu]
+    python benchmarks/bench_depthwise.py [--repeats 10] [--device cpu] [--config configs/cpu-default.json]
 
-The layer shapes are those of the cpu-small model at batch 4 (token mixer and decoder
-stages). The steps are forward, loss and backward of configs/cpu-small.json at batch 4, once
-with every DepthwiseConv3d swapped back to nn.Conv3d. Compared modules hold the same
+The layer shapes are those of the 32³ models at batch 4 (token mixer and decoder stages).
+The steps are forward, loss and backward of the config's model at batch 4, once with every
+DepthwiseConv3d swapped back to nn.Conv3d. Compared modules hold the same
 weights; times are median ± IQR/2 of interleaved runs.
 """
 
@@ -52,6 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--config", default="configs/cpu-default.json", help="the model of the whole-step rows")
     args = ap.parse_args()
     rows = []
     for b, c, r in SHAPES:
@@ -63,7 +64,7 @@ def main() -> None:
                          args.repeats)
         rows.append([f"{b}×{c}×{r}³", str(t["nn.Conv3d"]), str(t["DepthwiseConv3d"]),
                      f"{t['nn.Conv3d'].median_ms / t['DepthwiseConv3d'].median_ms:.2f}×"])
-    cfg = load_config("configs/cpu-small.json")
+    cfg = load_config(args.config)
     torch.manual_seed(0)
     ours = build_model(cfg).to(args.device)
     ref = with_plain_convs(build_model(cfg).to(args.device))
@@ -75,7 +76,8 @@ def main() -> None:
     t = _interleaved({"nn.Conv3d": train_steps_fn(ref, loss_fn, xrays, ct, steps),
                       "DepthwiseConv3d": train_steps_fn(ours, loss_fn, xrays, ct, steps)}, args.device,
                      max(3, args.repeats // 2), rewarm=True)
-    rows.append([f"cpu-small, {steps} train steps of batch 4", str(t["nn.Conv3d"]), str(t["DepthwiseConv3d"]),
+    name = args.config.rsplit("/", 1)[-1].removesuffix(".json")
+    rows.append([f"{name}, {steps} train steps of batch 4", str(t["nn.Conv3d"]), str(t["DepthwiseConv3d"]),
                  f"{t['nn.Conv3d'].median_ms / t['DepthwiseConv3d'].median_ms:.2f}×"])
     print(machine_line(args.device) + "\n")
     print(table(["input (B×C×r³)", "nn.Conv3d fwd+bwd ms", "DepthwiseConv3d fwd+bwd ms", "speed-up"], rows))
