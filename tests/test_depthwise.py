@@ -72,3 +72,14 @@ def test_weight_gradient_at_the_models_shapes(channels_last):
     (g_ours,) = torch.autograd.grad(ours(x), [ours.weight], grad)
     (g_ref,) = torch.autograd.grad(ref(x), [ref.weight], grad)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_off_the_cpu_the_layer_is_torchs_own_convolution():
+    """On a GPU cuDNN's backward is as fast and one kernel: only the CPU takes the hand-written one
+    (checked on the meta device, which dispatches like any non-CPU device)."""
+    conv = DepthwiseConv3d(4, 3).to("meta")
+    x = torch.randn(2, 4, 5, 5, 5, device="meta", requires_grad=True)
+    out = conv(x)
+    assert out.shape == (2, 4, 5, 5, 5) and type(out.grad_fn).__name__ == "ConvolutionBackward0"
+    cpu = DepthwiseConv3d(4, 3)
+    assert "DepthwiseConv3dFn" in type(cpu(torch.randn(1, 4, 3, 3, 3, requires_grad=True)).grad_fn.next_functions[0][0]).__name__
