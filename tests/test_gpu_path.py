@@ -70,7 +70,9 @@ def ops():
 def test_ops_per_step_stay_below_the_batched_attention_level(ops):
     # 13,042 vs 4,077 (3.2x) before the cascaded heads and the depthwise backward were
     # trimmed; 8,598 vs 3,405 (2.53x) after, with 2 threads as acceptance/gpu_path counts
-    # (1 thread: 8,771 vs 3,504). A regression past 2.6x fails here.
+    # (1 thread: 8,771 vs 3,504). Since the CPU's own depthwise weight gradient (a grouped conv,
+    # a few calls more; a GPU runs cuDNN's): 8,721 vs 3,439 (1 thread: 8,904 vs 3,548).
+    # A regression past 2.6x fails here.
     assert ops["optimized"] <= 2.6 * ops["baseline"], ops
     assert ops["optimized"] < 9000, ops
 

@@ -25,8 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from xray2ct.models.depthwise import DepthwiseConv3d
-
 Grid = tuple[int, int, int]
 ATTENTION_KINDS = ("mhsa", "cga")
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -182,7 +180,9 @@ class CascadedHead(nn.Module):
         self.qkv = nn.Linear(d_v, c, bias=False)
         self.qkv_norm = nn.BatchNorm1d(c)
         # Depthwise conv on Q adds local (3x3x3 neighbourhood) information to the queries.
-        self.q_dw = DepthwiseConv3d(key_dim, kernel_size, bias=False)  # nn.Conv3d's parameters
+        self.q_dw = nn.Conv3d(
+            key_dim, key_dim, kernel_size, padding=kernel_size // 2, groups=key_dim, bias=False
+        )
         self.q_norm = nn.BatchNorm3d(key_dim)
 
     def forward(self, x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
