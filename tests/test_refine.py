@@ -237,3 +237,30 @@ def test_bundled_refinement_finds_a_patient_standing_off_the_central_ray():
     assert float(psnr(found.volume, truth)) > float(psnr(centred.volume, truth)) + 2.0
     assert float(psnr(found.volume, truth)) > float(psnr(found.network, truth))
     assert float((found.reprojected - x).pow(2).mean()) < 0.5 * float((centred.reprojected - x).pow(2).mean())
+
+
+def test_refine_prior_holds_the_volume_closer_to_the_network(tmp_path):
+    """--refine-prior reaches refinement: a weight 300x the bundled one moves the volume less
+    from the network's own (the knob for films of finer anatomy, docs/RESULTS.md); a
+    non-positive one is refused naming the option."""
+    from typer.testing import CliRunner
+
+    from xray2ct.cli import app
+    from xray2ct.engine import reconstruct as R
+
+    pa, lat, _ = _example("phantom_0019")
+    model, cfg, dev = R.load_for_inference(None, "cpu")
+    xrays = R.load_pair(pa, lat, cfg.model.xray_img_size)
+    opts = R.RefineOptions(enabled=True, steps=20, prior_weight=3e-4)
+    assert opts.settings(cfg).prior_weight == 3e-4 and opts.settings(cfg).steps == 20
+    assert R.RefineOptions(steps=20).settings(cfg).prior_weight == cfg.refine.prior_weight
+    network = R.reconstruct_pair(model, cfg, dev, xrays, with_std=False).hu
+    moved = {}
+    for weight in (None, 300 * cfg.refine.prior_weight):
+        rec = R.reconstruct_pair(model, cfg, dev, xrays, with_std=False,
+                                 refine=R.RefineOptions(enabled=True, steps=20, prior_weight=weight))
+        moved[weight] = float(abs(torch.as_tensor(rec.hu) - torch.as_tensor(network)).mean())
+    assert 0 < moved[300 * cfg.refine.prior_weight] < 0.8 * moved[None], moved
+    r = CliRunner().invoke(app, ["reconstruct", "--pa", pa, "--lat", lat, "--out", str(tmp_path / "c.nii.gz"),
+                                 "--refine-prior", "-1", "--device", "cpu"])
+    assert r.exit_code != 0 and "--refine-prior must be a positive number" in str(r.exception)

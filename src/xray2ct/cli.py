@@ -204,6 +204,11 @@ def reconstruct(
                                                "early stopping may end sooner)."),
     refine_size: Optional[int] = typer.Option(None, min=8, help="Refine on an N³ grid (the network's volume "
                                               "upsampled as the prior); default: the network's size."),
+    refine_prior: Optional[float] = typer.Option(None, help="How firmly refinement holds each voxel to the "
+                                                 "network (prior weight λ; default: the model's, chosen on films "
+                                                 "rendered from volumes on its grid). On films of finer anatomy, "
+                                                 "e.g. real ones, about 10× the default measured better "
+                                                 "(docs/RESULTS.md)."),
     sid: Optional[float] = typer.Option(None, help="Source–detector (source–image) distance, mm, both views "
                                         "(else DICOM DistanceSourceToDetector, a {stem}.json sidecar, or the "
                                         "model's training geometry)."),
@@ -231,7 +236,7 @@ def reconstruct(
     from xray2ct.engine.batch import reconstruct_batch
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    refinement = R.RefineOptions(enabled=refine, steps=refine_steps, size=refine_size)
+    refinement = R.RefineOptions(enabled=refine, steps=refine_steps, size=refine_size, prior_weight=refine_prior)
     acquisition = AcquisitionFlags(sid, sod, pixel_mm, lat_sid, lat_sod, lat_pixel_mm, ap)
 
     if batch is not None:

@@ -220,6 +220,8 @@ class Job:
             raise ReconstructionError(f"--refine-steps must be in 0 … {MAX_REFINE_STEPS}, got {refine.steps}")
         if refine.size is not None and not 8 <= refine.size <= MAX_REFINE_SIZE:
             raise ReconstructionError(f"--refine-size must be in 8 … {MAX_REFINE_SIZE}, got {refine.size}")
+        if refine.prior_weight is not None and not (math.isfinite(refine.prior_weight) and refine.prior_weight > 0):
+            raise ReconstructionError(f"--refine-prior must be a positive number, got {refine.prior_weight}")
         return cls(out, fmt, unc, prev, check_upscale(upscale), rep, refine)
 
     def run(self, model, cfg, dev, xrays: torch.Tensor | None, title: str | None = None, study=None) -> Path:
