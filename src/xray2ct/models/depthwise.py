@@ -6,14 +6,14 @@ to write with operations that are fast:
 
     grad_input  = depthwise conv of grad_output with the flipped kernel (stride 1, same
                   padding: the transposed convolution is a convolution)
-    grad_weight = on a CPU, one grouped convolution whose kernels are grad_output itself:
-                  channel c of every sample is a group of B inputs, correlated with its
-                  own (D, H, W) "kernel" of output gradients, which leaves a k³ output: the
-                  k³ weight gradients of that (channel, sample), summed over samples. oneDNN
-                  runs this 2-5x faster than its own weight-only backward (4.6x at
-                  (4, 128, 8³), 3.8x at (4, 64, 16³), measured). Elsewhere PyTorch's own
-                  weight-only convolution backward on channels-first copies: one operator,
-                  which matters on a GPU, where each operator is a kernel launch
+    grad_weight = one grouped convolution whose kernels are grad_output itself: each
+                  (channel, sample) pair is a group, its input correlated with its own
+                  (D, H, W) "kernel" of output gradients, which leaves that pair's k³ weight
+                  gradients; summed over samples. oneDNN runs this 2-5x faster than its own
+                  weight-only backward (4.6x at (4, 128, 8³), 3.8x at (4, 64, 16³), measured)
+
+Off the CPU the layer is PyTorch's own convolution: cuDNN's backward is as fast as this one
+and a single kernel (on a GPU each operator is a launch).
 
 Only stride 1, dilation 1 and 'same' padding (k // 2, odd k) are supported: what the
 token mixer, the MBConv and decoder refinements use. The parameters are those of
@@ -43,15 +43,7 @@ class _DepthwiseConv3dFn(torch.autograd.Function):
             flipped = weight.flip(-3, -2, -1).to(grad.dtype)
             grad_x = F.conv3d(grad, flipped, padding=p, groups=x.shape[1]).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            x = x.to(grad.dtype)
-            if x.device.type == "cpu":
-                grad_w = _weight_grad_grouped(x, grad, weight.shape[-1])
-            else:
-                grad_w = torch.ops.aten.convolution_backward(
-                    grad.contiguous(), x.contiguous(), weight.to(grad.dtype), None,
-                    [1, 1, 1], [p, p, p], [1, 1, 1], False, [0, 0, 0], x.shape[1], [False, True, False],
-                )[1]
-            grad_w = grad_w.to(weight.dtype)  # (C, 1, k, k, k)
+            grad_w = _weight_grad_grouped(x.to(grad.dtype), grad, weight.shape[-1]).to(weight.dtype)  # (C, 1, k, k, k)
         return grad_x, grad_w
 
 
