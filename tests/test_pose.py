@@ -81,7 +81,7 @@ def patient(scene):
 def test_refinement_finds_a_patient_placed_off_centre(patient):
     truth, _, off, mu, log_var = patient
     settings = RefineConfig(steps=100)
-    shift = fit_shift(mu, off, GEOMETRY, settings)
+    shift = fit_shift(mu, off, GEOMETRY, settings)[0]
     assert shift.shape == (1, 3)
     assert shift[0, :2].tolist() == [0.0, 0.0]  # below shift_min_mm: left to the volume
     assert 16.0 <= float(shift[0, 2]) <= 24.0
@@ -101,8 +101,8 @@ def test_a_shift_no_film_shows_side_on_or_that_explains_little_is_not_fitted(pat
     _, _, off, mu, _ = patient
     # 20 mm to the patient's left runs along the lateral film's rays: it only magnifies
     lateral = GEOMETRY.with_views(["lat"])
-    assert not bool(fit_shift(mu, off[:, 1:], lateral, RefineConfig()).any())
-    assert not bool(fit_shift(mu, off, GEOMETRY, RefineConfig(shift_min_gain=1000.0)).any())
+    assert not bool(fit_shift(mu, off[:, 1:], lateral, RefineConfig())[0].any())
+    assert not bool(fit_shift(mu, off, GEOMETRY, RefineConfig(shift_min_gain=1000.0))[0].any())
 
 
 def test_the_gain_gate_weighs_the_whole_fitted_placement(scene):
@@ -112,7 +112,7 @@ def test_the_gain_gate_weighs_the_whole_fitted_placement(scene):
     _, films, mu, _ = scene
     off = films([8.0, 0.0, 20.0])
     settings = RefineConfig()
-    best = fit_shift(mu, off, GEOMETRY, dataclasses.replace(settings, shift_min_mm=0.0, shift_min_gain=1.0))
+    best = fit_shift(mu, off, GEOMETRY, dataclasses.replace(settings, shift_min_mm=0.0, shift_min_gain=1.0))[0]
     assert 5.0 <= float(best[0, 0]) <= 11.0 and 16.0 <= float(best[0, 2]) <= 24.0
     part = best * torch.tensor([0.0, 0.0, 1.0])
     pad = pad_voxels(settings.shift_max_mm, GEOMETRY)
@@ -121,9 +121,10 @@ def test_the_gain_gate_weighs_the_whole_fitted_placement(scene):
     whole_gain, part_gain = error(torch.zeros(1, 3)) / error(best), error(torch.zeros(1, 3)) / error(part)
     assert whole_gain > 1.1 * part_gain > 1.1  # the 8 mm matters to the fit
     gate = (whole_gain * part_gain) ** 0.5  # between the two: passed by the whole placement only
-    shift = fit_shift(mu, off, GEOMETRY, dataclasses.replace(settings, shift_min_gain=gate))
+    shift = fit_shift(mu, off, GEOMETRY, dataclasses.replace(settings, shift_min_gain=gate))[0]
     assert float(shift[0, 0]) == 0.0 and 16.0 <= float(shift[0, 2]) <= 24.0
-    assert not bool(fit_shift(mu, off, GEOMETRY, dataclasses.replace(settings, shift_min_gain=1.1 * whole_gain)).any())
+    too_strict = dataclasses.replace(settings, shift_min_gain=1.1 * whole_gain)
+    assert not bool(fit_shift(mu, off, GEOMETRY, too_strict)[0].any())
 
 
 def test_a_centred_patient_is_refined_exactly_as_without_the_fit(patient):
@@ -245,7 +246,7 @@ def test_a_patient_the_network_half_follows_is_relifted_below_the_shift_gate(pat
     pad = pad_voxels(40.0, GEOMETRY)
     followed = shifted(mu, torch.tensor([0.0, 0.0, 13.0]), GEOMETRY, pad)[..., pad:-pad, pad:-pad]  # 13 of the 20 mm
     settings, cpu = RefineConfig(steps=40), torch.device("cpu")
-    assert float(fit_shift(followed, off, GEOMETRY, settings).abs().max()) == 0  # under the gate: nothing kept
+    assert float(fit_shift(followed, off, GEOMETRY, settings)[0].abs().max()) == 0  # under the gate: nothing kept
 
     def run(s):
         net = _HalfFollower(GEOMETRY, followed, mu, log_var)

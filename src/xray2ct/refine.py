@@ -127,8 +127,9 @@ def reproject(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog
 
 
 def fit_shift(mu: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, settings: RefineConfig,
-              mu_water: float = 0.02, ungated: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Where the films show the patient: (B, 1, D, H, W), (B, V, R, C) -> shift (B, 3) mm, (d, h, w).
+              mu_water: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the films show the patient: (B, 1, D, H, W), (B, V, R, C) -> (shift, fitted), each
+    (B, 3) mm, (d, h, w): the placement kept, and the fitted one before the gates below.
 
     Fitted to the network's mean volume on coarse images (4 x 4, then 2 x 2 pixel means: the
     outline, not the detail, says where the body is), and only along axes some film shows
@@ -140,7 +141,7 @@ def fit_shift(mu: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, setting
     held-out phantoms: a 20 mm shift explains them 2-8 times better; the network's own
     misplacement of an unfamiliar body reaches 12 mm but at most 1.8 times, and on 120 nominal
     held-out cases no placement with a 12 mm component passed the gain). The rest is clamped to
-    ±`shift_max_mm`. With `ungated`, also the fitted placement before those gates: (shift, fitted).
+    ±`shift_max_mm`. `fitted` is where relifting may look when no shift is kept.
     """
     voxel = min(geometry.voxel_mm)
     pad = pad_voxels(settings.shift_max_mm, geometry)
@@ -171,7 +172,7 @@ def fit_shift(mu: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, setting
             if shift[i].any() and error(torch.zeros_like(best), 4, slice(i, i + 1)) < \
                     settings.shift_min_gain * error(best, 4, slice(i, i + 1)):
                 shift[i] = 0
-    return (shift.cpu(), best.cpu()) if ungated else shift.cpu()
+    return shift.cpu(), best.cpu()
 
 
 def data_term(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog_order: int = 1,
@@ -238,7 +239,7 @@ def refine(mu: torch.Tensor, log_var: torch.Tensor, xrays: torch.Tensor, geometr
     scale = settings.sigma_scale * torch.exp(0.5 * log_var.detach().float())  # t σ per voxel
     shift = fitted = None
     if min(settings.shift_steps, settings.steps) > 0:
-        shift, fitted = fit_shift(mu, xrays, geometry, settings, mu_water, ungated=True)
+        shift, fitted = fit_shift(mu, xrays, geometry, settings, mu_water)
     room = lambda v: in_room(v, geometry, shift, settings.shift_max_mm)[0]  # noqa: E731
     args = (xrays, in_room(mu, geometry, shift, settings.shift_max_mm)[1], settings.fog_order, mu_water,
             settings.image_pool)
