@@ -208,7 +208,9 @@ def test_the_refine_suite_runs_quick_with_the_bundled_weights(tmp_path):
     result = runner.invoke(app, ["benchmark", "--suite", "refine", "--quick", "--out", str(md)])
     assert result.exit_code == 0, result.output
     text = _section(md.read_text(), "refine")
-    for heading in ("Calibration", "chosen on validation", "Held-out test", "over steps", "finer grid"):
+    for heading in ("Calibration", "chosen on validation", "cannot explain", "Held-out test", "over steps",
+                    "finer grid"):
         assert heading in text
     assert (tmp_path / "images" / "calibration-cpu.png").is_file()
     assert "`sigma_scale`" in text  # the chosen section carries σ's fitted temperature
+    assert "`explained_error`" in text and "styled films" in text  # ... and where λ starts to rise

@@ -68,6 +68,29 @@ def test_refinement_is_deterministic(case):
     assert torch.equal(a.volume, b.volume)
 
 
+def test_films_the_grid_cannot_explain_raise_the_prior_weight(case):
+    """The discrepancy rule: exact DRRs leave almost no image error and keep the configured λ
+    (the same volume as a fixed λ); noisy films leave more than `explained_error`, so the run
+    is repeated with λ raised in proportion, and the noise is no longer painted into the volume."""
+    truth, xrays, mu, log_var = case
+    weak = RefineConfig(steps=150, prior_weight=1e-5)
+    exact = refine(mu, log_var, xrays, GEOMETRY, weak)
+    adaptive = dataclasses.replace(weak, explained_error=3 * exact.data_after, prior_weight_max=1e-2)
+    same = refine(mu, log_var, xrays, GEOMETRY, adaptive)
+    assert same.prior_raised == 1.0 and same.prior_weight == 1e-5 and same.firmness() is None
+    assert torch.equal(same.volume, exact.volume)
+
+    noisy = (xrays + 0.05 * torch.randn(xrays.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    fixed = refine(mu, log_var, noisy, GEOMETRY, weak)
+    raised = refine(mu, log_var, noisy, GEOMETRY, adaptive)
+    assert raised.unexplained == pytest.approx(fixed.data_after, rel=1e-5)  # the first run is the fixed one
+    assert raised.prior_raised == pytest.approx(min(1e-2 / 1e-5, raised.unexplained / adaptive.explained_error))
+    assert raised.prior_raised > 10 and "more firmly" in raised.firmness()
+    assert float(psnr(raised.volume, truth)) > float(psnr(fixed.volume, truth)) + 1.0
+    capped = refine(mu, log_var, noisy, GEOMETRY, dataclasses.replace(adaptive, prior_weight_max=3e-5))
+    assert capped.prior_weight == pytest.approx(3e-5)
+
+
 def test_intensity_model_recovers_exposure_and_fog():
     """A film = a · line integrals + a tilted fog, clipped: the fit reproduces it on the unsaturated pixels."""
     torch.manual_seed(0)

@@ -117,8 +117,9 @@ def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_st
         volume = result.volume.cpu()
         log.info("refined in %d steps (%.1f s): image error %.5f -> %.5f", result.steps, result.seconds,
                  result.data_before, result.data_after)
-        if (placed := result.placement()) is not None:
-            log.info("%s", placed)
+        for line in (result.firmness(), result.placement()):
+            if line is not None:
+                log.info("%s", line)
     shift = None if result is None else result.shift_mm
     with torch.no_grad():
         reprojected, reprojected_network = (
@@ -247,8 +248,11 @@ class Job:
             from xray2ct.surface import try_bone_surface
 
             details = {} if study is None else dict(study.details())
-            if rec.refinement is not None and (placed := rec.refinement.placement()):
-                details["patient position"] = placed
+            if rec.refinement is not None:
+                for key, line in (("refinement", rec.refinement.firmness()),
+                                  ("patient position", rec.refinement.placement())):
+                    if line:
+                        details[key] = line
             save_report(self.report, hu, std, spacing, rec.input_images(), mesh=try_bone_surface(hu, spacing)[0], title=title,
                         projections=rec.projection_html(), details=details or None)
         return save_volume(self.out, hu, spacing, self.fmt, description=description)

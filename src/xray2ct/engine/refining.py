@@ -33,8 +33,8 @@ class RefineOptions:
     enabled: bool | None = None
     steps: int | None = None  # None: the model's refine.steps
     size: int | None = None  # refine on an N³ grid (prior upsampled); None: the network's grid
-    # None: the model's refine.prior_weight. The bundled one was chosen on films rendered from
-    # volumes on the model's grid; on films of finer anatomy ~10x more held better (RESULTS)
+    # None: the model's refine.prior_weight, raised where the films show what the grid cannot
+    # explain (refine.explained_error); a given λ is used as it is, on every film
     prior_weight: float | None = None
 
     def settings(self, cfg):
@@ -44,6 +44,8 @@ class RefineOptions:
         if self.enabled is False:
             return None
         mine = {k: v for k, v in (("steps", self.steps), ("prior_weight", self.prior_weight)) if v is not None}
+        if self.prior_weight is not None:
+            mine["explained_error"] = 0.0  # the user's λ, not adapted
         return dataclasses.replace(cfg.refine, **mine) if mine else cfg.refine
 
 
@@ -111,9 +113,10 @@ def refine_placed(model, dev, xrays: torch.Tensor, volume: torch.Tensor, log_var
             break
         with using_geometry(model, placed(lift_geometry, at)):
             again = refined(*predict(model, xrays, dev))
+        # Compared at the configured λ (`unexplained`): the error after an adapted λ depends on that λ
         log.info("relifted at (%.0f, %.0f, %.0f) mm: image error %.3g (before %.3g)", *at.tolist(),
-                 again[0].data_after, best[0].data_after)
-        if again[0].data_after >= best[0].data_after:
+                 again[0].unexplained, best[0].unexplained)
+        if again[0].unexplained >= best[0].unexplained:
             break
         best, previous, at = again, at, again[0].fitted_mm[0]
         if float((at - previous).abs().max()) < 1.0:
