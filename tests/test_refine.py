@@ -71,11 +71,12 @@ def test_refinement_is_deterministic(case):
 def test_films_the_grid_cannot_explain_raise_the_prior_weight(case):
     """The discrepancy rule: exact DRRs leave almost no image error and keep the configured λ
     (the same volume as a fixed λ); noisy films leave more than `explained_error`, so the run
-    is repeated with λ raised in proportion, and the noise is no longer painted into the volume."""
+    is repeated with λ raised by the excess, and the noise is no longer painted into the volume."""
     truth, xrays, mu, log_var = case
     weak = RefineConfig(steps=150, prior_weight=1e-5)
     exact = refine(mu, log_var, xrays, GEOMETRY, weak)
-    adaptive = dataclasses.replace(weak, explained_error=3 * exact.data_after, prior_weight_max=1e-2)
+    adaptive = dataclasses.replace(weak, explained_error=3 * exact.data_after, error_floor=3 * exact.data_after,
+                                   prior_weight_max=1e-2)
     same = refine(mu, log_var, xrays, GEOMETRY, adaptive)
     assert same.prior_raised == 1.0 and same.prior_weight == 1e-5 and same.firmness() is None
     assert torch.equal(same.volume, exact.volume)
@@ -84,7 +85,8 @@ def test_films_the_grid_cannot_explain_raise_the_prior_weight(case):
     fixed = refine(mu, log_var, noisy, GEOMETRY, weak)
     raised = refine(mu, log_var, noisy, GEOMETRY, adaptive)
     assert raised.unexplained == pytest.approx(fixed.data_after, rel=1e-5)  # the first run is the fixed one
-    assert raised.prior_raised == pytest.approx(min(1e-2 / 1e-5, raised.unexplained / adaptive.explained_error))
+    assert raised.prior_raised == pytest.approx(
+        min(1e-2 / 1e-5, 1 + (raised.unexplained - adaptive.explained_error) / adaptive.error_floor))
     assert raised.prior_raised > 10 and "more firmly" in raised.firmness()
     assert float(psnr(raised.volume, truth)) > float(psnr(fixed.volume, truth)) + 1.0
     capped = refine(mu, log_var, noisy, GEOMETRY, dataclasses.replace(adaptive, prior_weight_max=3e-5))

@@ -205,10 +205,9 @@ def reconstruct(
     refine_size: Optional[int] = typer.Option(None, min=8, help="Refine on an N³ grid (the network's volume "
                                               "upsampled as the prior); default: the network's size."),
     refine_prior: Optional[float] = typer.Option(None, help="How firmly refinement holds each voxel to the "
-                                                 "network (prior weight λ; default: the model's, chosen on films "
-                                                 "rendered from volumes on its grid). On films of finer anatomy, "
-                                                 "e.g. real ones, about 10× the default measured better "
-                                                 "(docs/RESULTS.md)."),
+                                                 "network (prior weight λ), fixed for every film. Default: the "
+                                                 "model's, raised where the films hold more than the volume's "
+                                                 "grid can explain, as real films do (docs/RESULTS.md)."),
     sid: Optional[float] = typer.Option(None, help="Source–detector (source–image) distance, mm, both views "
                                         "(else DICOM DistanceSourceToDetector, a {stem}.json sidecar, or the "
                                         "model's training geometry)."),

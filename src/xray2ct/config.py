@@ -214,10 +214,12 @@ class RefineConfig:
     lr: float = 0.3  # Adam step in whitened units (z = (v - μ) / σ)
     prior_weight: float = 1e-4  # λ: weight of the network prior (v - μ)² / σ² against the image term
     # Films the grid cannot fully explain (finer anatomy, noise, a film's processing curve): when the
-    # image error left after refining at prior_weight is above explained_error, refinement reruns with
-    # λ raised in proportion to it, up to prior_weight_max (the discrepancy principle: what no volume
-    # on the grid explains is noise to it, not signal); 0: λ stays fixed
+    # image error e left after refining at prior_weight is above explained_error, refinement reruns
+    # with λ × (1 + (e - explained_error) / error_floor), at most prior_weight_max: the excess is noise
+    # to the grid, and λ scales with the noise variance, from error_floor, the typical error of the
+    # films λ was chosen on (xray2ct.refine); explained_error 0: λ stays fixed
     explained_error: float = 0.0
+    error_floor: float = 1e-6
     prior_weight_max: float = 3e-3
     sigma_scale: float = 1.0  # calibration temperature of the network's σ (also scales saved uncertainty)
     fog_order: int = 1  # polynomial degree of the fitted fog over the detector (0: an offset only)
@@ -450,8 +452,9 @@ def validate_config(cfg: Config, source: str = "<config>") -> None:
     need(r.lr > 0 and r.prior_weight >= 0 and r.sigma_scale > 0 and 0 <= r.tol < 1,
          f"need refine.lr ({r.lr}) > 0, refine.prior_weight ({r.prior_weight}) >= 0, "
          f"refine.sigma_scale ({r.sigma_scale}) > 0 and 0 <= refine.tol ({r.tol}) < 1")
-    need(r.explained_error >= 0 and r.prior_weight_max > 0, f"need refine.explained_error ({r.explained_error}) "
-         f">= 0 and refine.prior_weight_max ({r.prior_weight_max}) > 0")
+    need(r.explained_error >= 0 and r.error_floor > 0 and r.prior_weight_max > 0,
+         f"need refine.explained_error ({r.explained_error}) >= 0, refine.error_floor ({r.error_floor}) > 0 "
+         f"and refine.prior_weight_max ({r.prior_weight_max}) > 0")
     need(r.shift_min_gain >= 1, f"refine.shift_min_gain ({r.shift_min_gain}) must be >= 1")
     need(r.relift_rounds >= 0 and r.relift_min_mm >= 0,
          f"need refine.relift_rounds ({r.relift_rounds}) >= 0 and refine.relift_min_mm ({r.relift_min_mm}) >= 0")

@@ -29,10 +29,13 @@ this grid can be matched almost exactly (image error ~1e-6 on held-out phantoms)
 weak prior is best. A real film carries what no volume on the grid can explain — anatomy finer
 than a voxel, noise, blur, a processing curve — and a weak prior then paints that into the
 volume (on styled phantom films λ = 3e-5 lost 5 dB to the network's own volume). So the
-refinement is first run at `prior_weight`; when the image error it leaves is above
-`explained_error` (the most that held-out DRRs of the grid leave, chosen by the refine suite),
-it is run again from the network's volume with λ × error / explained_error, at most
-`prior_weight_max`: Morozov's discrepancy principle, with the unexplained error as the noise.
+refinement is first run at `prior_weight`; when the image error e it leaves is above
+`explained_error` (the most that validation DRRs of the grid leave), the excess is taken as
+noise, and the run is repeated from the network's volume with the prior weighted as the noise
+variance says: λ × (1 + (e − explained_error) / error_floor), where `error_floor` is the
+typical error of the films λ was chosen on (both set by the refine suite), at most
+`prior_weight_max`. In the MAP estimate above the data term's weight is 1 / noise variance, so
+a prior weight relative to it grows in proportion; the rule is continuous at the gate.
 
 Where the patient stood (`xray2ct.pose`): the network reconstructs the patient's frame, the
 films are the room's. Before refining, a translation t = (d, h, w) mm is fitted to the
@@ -70,8 +73,8 @@ class RefineResult:
     volume: torch.Tensor  # (B, 1, D, H, W) refined normalized CT in [0, 1]
     data_before: float  # data term of the network's volume (mean squared image error)
     data_after: float  # ... and of the refined one
-    steps: int  # Adam steps taken
-    seconds: float
+    steps: int  # Adam steps taken (by the run kept)
+    seconds: float  # of all runs
     history: list[float] = field(default_factory=list)  # data term per step (of the run kept)
     prior_weight: float = 0.0  # λ the kept run used
     unexplained: float = 0.0  # image error left at the configured λ: what the films show that the grid cannot
@@ -264,12 +267,17 @@ def refine(mu: torch.Tensor, log_var: torch.Tensor, xrays: torch.Tensor, geometr
     room = lambda v: in_room(v, geometry, shift, settings.shift_max_mm)[0]  # noqa: E731
     args = (xrays, in_room(mu, geometry, shift, settings.shift_max_mm)[1], settings.fog_order, mu_water,
             settings.image_pool)
-    error = lambda z: float(data_term(room((mu + scale * z).clamp(0, 1)), *args))  # noqa: E731
+
+    @torch.no_grad()
+    def error(z):  # the image error a run leaves
+        return float(data_term(room((mu + scale * z).clamp(0, 1)), *args))
+
     prior_weight = settings.prior_weight
     z, history = _descend(mu, scale, room, args, settings, prior_weight)
     unexplained = after = error(z)
     if settings.explained_error > 0 and unexplained > settings.explained_error:  # (a batch: its mean error)
-        prior_weight = min(max(settings.prior_weight_max, prior_weight), prior_weight * unexplained / settings.explained_error)
+        noise = 1 + (unexplained - settings.explained_error) / settings.error_floor  # in error_floor units
+        prior_weight = min(max(settings.prior_weight_max, prior_weight), prior_weight * noise)
         z, history = _descend(mu, scale, room, args, settings, prior_weight)
         after = error(z)
     return RefineResult((mu + scale * z).clamp(0, 1), history[0] if history else after, after, len(history),

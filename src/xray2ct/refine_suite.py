@@ -104,8 +104,9 @@ def _styled_validation(model, dev, n: int, volume_size: int, xray_size: int):
 
 def _choose_explained_error(cfg, dev, chosen, exact, fine, styled, data: dict):
     """`explained_error`: the most image error refinement at the chosen λ leaves on validation
-    DRRs of the volume's own grid; films that leave more get λ raised in proportion (the
-    discrepancy rule, `xray2ct.refine`). -> (markdown lines, the settings with it).
+    DRRs of the volume's own grid, and `error_floor`, the median; films that leave more than
+    the first get λ raised by the excess over the second (`xray2ct.refine`). -> (markdown
+    lines, the settings with them).
 
     Shown on the three kinds of validation films, fixed λ against the rule: a real film is
     finer than the grid and degraded, and the rule must help there while leaving the grid's
@@ -113,7 +114,8 @@ def _choose_explained_error(cfg, dev, chosen, exact, fine, styled, data: dict):
     """
     fixed = dataclasses.replace(chosen, explained_error=0.0)
     base = _refine_scores(cfg, dev, *exact, fixed)
-    adaptive = dataclasses.replace(chosen, explained_error=float(base["unexplained"].max()))
+    adaptive = dataclasses.replace(chosen, explained_error=float(base["unexplained"].max()),
+                                   error_floor=float(np.median(base["unexplained"])))
     rows, kinds = [], {}
     for label, (cases, preds), first in ((f"{cfg.model.volume_size}³ DRRs", exact, base),
                                           (f"{2 * cfg.model.volume_size}³ DRRs", fine, None),
@@ -130,9 +132,10 @@ def _choose_explained_error(cfg, dev, chosen, exact, fine, styled, data: dict):
     md = ["#### Films the grid cannot explain", "", table(
         ["validation films", "image error left (median)", f"gain, λ {chosen.prior_weight:g} fixed",
          "gain, λ raised by the error", "λ raised (median)", "s / case"], rows), "",
-        f"`explained_error` {adaptive.explained_error:.2e}: the most image error refinement left on the validation "
-        f"DRRs of the {cfg.model.volume_size}³ grid. Films that leave more are refined again with λ × error / "
-        f"`explained_error`, at most `prior_weight_max` {adaptive.prior_weight_max:g}.", ""]
+        f"`explained_error` {adaptive.explained_error:.2e}, the most image error refinement left on the "
+        f"validation DRRs of the {cfg.model.volume_size}³ grid, and `error_floor` {adaptive.error_floor:.2e}, "
+        f"their median: films that leave an error e above the first are refined again with λ × (1 + (e − "
+        f"`explained_error`) / `error_floor`), at most `prior_weight_max` {adaptive.prior_weight_max:g}.", ""]
     return md, adaptive
 
 
