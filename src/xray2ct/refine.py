@@ -87,9 +87,11 @@ class RefineResult:
         """One line on a prior weight raised for films the grid cannot explain, or None."""
         if self.prior_raised <= 1:
             return None
+        kept = (", which kept the network's volume nearly as it was" if self.data_after > 0.9 * self.data_before
+                else "")  # the films barely moved it: the network is all there is to go on
         return (f"the films hold detail no volume on this grid explains (image error {self.unexplained:.1e} left), "
                 f"so refinement held {self.prior_raised:.0f}x more firmly to the network (prior weight "
-                f"{self.prior_weight:.1e})")
+                f"{self.prior_weight:.1e}){kept}")
 
     def placement(self) -> str | None:
         """One line on where the films show the (first) patient, or None when centred or not fitted."""

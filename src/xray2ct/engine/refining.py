@@ -25,9 +25,10 @@ class RefineOptions:
     """What the user asked of refinement; the model's config (`refine` section) fills in the rest.
 
     enabled: True / False, or None (the default): refine unless a film shows anatomy well
-    beyond the reconstructed field (`AUTO_MIN_SHADOW`, `AUTO_MAX_OUTSIDE`), where refinement
-    was measured to cost 1-2 dB (docs/RESULTS.md): the volume would have to explain arms and
-    body outside it. A wide film of air around the field is refined.
+    beyond the reconstructed field (`AUTO_MIN_SHADOW`, `AUTO_MAX_OUTSIDE`): the volume would
+    have to explain arms and body outside it. With a fixed prior that cost 1-2 dB; with the
+    prior rising with the image error left (`refine.explained_error`) it gains 0.1 dB for a
+    second run (docs/RESULTS.md). A wide film of air around the field is refined.
     """
 
     enabled: bool | None = None
