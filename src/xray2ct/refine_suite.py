@@ -11,9 +11,10 @@ loaded exactly as `xray2ct phantoms` + `reconstruct` do, in memory:
    uncertainty are σ × sigma_scale): the best mean gain on DRRs of the volume's own resolution
    among the settings that lose no more than 0.2 dB on any case whose DRRs come from finer
    anatomy (64³), as a real film's do — a 32³ volume cannot explain sub-voxel detail, and a
-   weak prior lets refinement paint artefacts trying to; then `explained_error`, the image error
-   that chosen λ leaves on the validation DRRs of the grid, above which λ is raised in
-   proportion (`xray2ct.refine`), shown on the grid's DRRs, finer anatomy's and styled films;
+   weak prior lets refinement paint artefacts trying to; then `explained_error` and
+   `error_floor`, the most and the median image error that λ leaves on the validation DRRs of
+   the grid: films that leave more get λ raised by the excess (`xray2ct.refine`), shown on
+   the grid's DRRs, finer anatomy's and styled films;
 3. the chosen settings on the held-out test set: PSNR and 3D SSIM gain, worst case, time;
 4. quality and time over the number of steps;
 5. refinement on a finer grid (64³ from the 32³ prior) scored against 64³ truth.
