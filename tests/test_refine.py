@@ -193,8 +193,9 @@ def test_evaluate_refine_reports_the_gain(tmp_path):
         assert row["psnr"] > row["network_psnr"] + 1.0 and row["refine_seconds"] > 0
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["refinement"]["psnr_gain_db"]["mean"] > 1.0
+    assert summary["refinement"]["cases_prior_raised"] == 0  # DRRs of the grid: λ as configured
     header = (tmp_path / "ev" / "per_case.csv").read_text().splitlines()[0]
-    assert header.endswith("network_psnr,refine_seconds")
+    assert header.endswith("network_psnr,refine_seconds,refine_unexplained,refine_prior_raised")
 
 
 def test_refine_size_without_refinement_keeps_the_network_grid(tmp_path):

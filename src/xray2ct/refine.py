@@ -30,7 +30,8 @@ weak prior is best. A real film carries what no volume on the grid can explain �
 than a voxel, noise, blur, a processing curve — and a weak prior then paints that into the
 volume (on styled phantom films λ = 3e-5 lost 5 dB to the network's own volume). So the
 refinement is first run at `prior_weight`; when the image error e it leaves is above
-`explained_error` (the most that validation DRRs of the grid leave), the excess is taken as
+`explained_error` (twice the most that validation DRRs of the grid leave: a less familiar
+anatomy leaves more on them), the excess is taken as
 noise, and the run is repeated from the network's volume with the prior weighted as the noise
 variance says: λ × (1 + (e − explained_error) / error_floor), where `error_floor` is the
 typical error of the films λ was chosen on (both set by the refine suite), at most

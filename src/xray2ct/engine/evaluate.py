@@ -174,7 +174,8 @@ def _refine_batch(model, pred, log_var, xrays, target, cfg, dev, given=(0, 1)):
         r = refine_placed(model, dev, xrays[i:i + 1], pred[i:i + 1], log_var[i:i + 1], lift_geometry, geometry,
                           present, cfg.refine, cfg.geometry.mu_water)[0]
         volumes.append(r.volume.cpu())
-        extras.append({"network_psnr": float(psnr(pred[i:i + 1], target[i:i + 1])), "refine_seconds": r.seconds})
+        extras.append({"network_psnr": float(psnr(pred[i:i + 1], target[i:i + 1])), "refine_seconds": r.seconds,
+                       "refine_unexplained": r.unexplained, "refine_prior_raised": r.prior_raised})
     return torch.cat(volumes), extras
 
 
@@ -255,7 +256,9 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
         result.summary["refinement"] = {
             "settings": dataclasses.asdict(cfg.refine), "psnr_gain_db": summarize(gains),
             "worst_gain_db": min(gains, default=float("nan")),
-            "seconds_per_case": summarize([r["refine_seconds"] for r in result.per_case])}
+            "seconds_per_case": summarize([r["refine_seconds"] for r in result.per_case]),
+            # films refinement held more firmly to the network (more image error than the grid's DRRs leave)
+            "cases_prior_raised": sum(r["refine_prior_raised"] > 1 for r in result.per_case)}
     _write_outputs(out, result.per_case, result.summary)
     if report and first_hu is not None:
         _write_report(out / "report.html", result, first_hu, (cfg.geometry.fov_mm / cfg.model.volume_size,) * 3)
