@@ -47,6 +47,9 @@ def test_rg1_reconstructs_pa_only_as_a_chest(rg1, tmp_path):
     right, left = chest[..., n // 8 : 3 * n // 8].mean(), chest[..., 5 * n // 8 : 7 * n // 8].mean()
     middle = chest[..., 7 * n // 16 : 9 * n // 16].mean()
     assert right < middle - 200 and left < middle - 200, (right, middle, left)
-    assert min(right, left) < -400  # aerated lung, not soft tissue
+    # aerated lung, far below soft tissue (0-60 HU); 1 cm voxels blend it with vessels and walls. The
+    # volume is the network's here (see above): -400 held when a fixed weak prior let refinement fit
+    # the film's detail, which on styled phantom films cost 5 dB (docs/RESULTS.md)
+    assert min(right, left) < -300
     out = R.reconstruct(rg1, None, tmp_path / "rg1.nii.gz", device="cpu", refine=R.RefineOptions(steps=5))
     assert "SID1996" in nib.load(out).header["descrip"].item().decode()

@@ -290,3 +290,19 @@ def test_refine_prior_holds_the_volume_closer_to_the_network(tmp_path):
     r = CliRunner().invoke(app, ["reconstruct", "--pa", pa, "--lat", lat, "--out", str(tmp_path / "c.nii.gz"),
                                  "--refine-prior", "-1", "--device", "cpu"])
     assert r.exit_code != 0 and "--refine-prior must be a positive number" in str(r.exception)
+
+
+def test_the_web_page_says_when_the_prior_weight_was_raised():
+    import numpy as np
+
+    from xray2ct.refine import RefineResult
+    from xray2ct.webapp import Result, summary_lines
+
+    def lines(raised, after):
+        refined = RefineResult(torch.zeros(1, 1, 2, 2, 2), 1e-3, after, 10, 1.0, [], prior_weight=3e-5 * raised,
+                               unexplained=1e-4, prior_raised=raised)
+        return " ".join(summary_lines(Result(np.zeros((2, 2, 2)), None, (10.0,) * 3, {}, 1.0, refinement=refined)))
+
+    assert "100x more firmly" in lines(100.0, 1e-4) and "nearly as it was" not in lines(100.0, 1e-4)
+    assert "nearly as it was" in lines(8000.0, 0.95e-3)  # the films barely moved the volume
+    assert "more firmly" not in lines(1.0, 1e-5)

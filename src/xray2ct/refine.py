@@ -77,12 +77,12 @@ class RefineResult:
     steps: int  # Adam steps taken (by the run kept)
     seconds: float  # of all runs
     history: list[float] = field(default_factory=list)  # data term per step (of the run kept)
-    prior_weight: float = 0.0  # λ the kept run used
-    unexplained: float = 0.0  # image error left at the configured λ: what the films show that the grid cannot
-    prior_raised: float = 1.0  # λ over the configured one (> 1: the films hold what the grid cannot explain)
     shift_mm: torch.Tensor | None = None  # (B, 3) where the films show the patient, (d, h, w) mm from the
     #   volume's centre; None: not fitted (all zero: centred within shift_min_mm)
     fitted_mm: torch.Tensor | None = None  # (B, 3) the same fit before its gates (where relifting may look)
+    prior_weight: float = 0.0  # λ the kept run used
+    unexplained: float = 0.0  # image error left at the configured λ: what the films show that the grid cannot
+    prior_raised: float = 1.0  # λ over the configured one (> 1: the films hold what the grid cannot explain)
 
     def firmness(self) -> str | None:
         """One line on a prior weight raised for films the grid cannot explain, or None."""
