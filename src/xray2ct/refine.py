@@ -94,6 +94,11 @@ class RefineResult:
                 f"so refinement held {self.prior_raised:.0f}x more firmly to the network (prior weight "
                 f"{self.prior_weight:.1e}){kept}")
 
+    def notes(self) -> dict[str, str]:
+        """What the log, report and web page say about this refinement beyond its numbers."""
+        lines = {"refinement": self.firmness(), "patient position": self.placement()}
+        return {k: v for k, v in lines.items() if v}
+
     def placement(self) -> str | None:
         """One line on where the films show the (first) patient, or None when centred or not fitted."""
         if self.shift_mm is None or not bool(self.shift_mm[0].any()):
@@ -267,40 +272,43 @@ def refine(mu: torch.Tensor, log_var: torch.Tensor, xrays: torch.Tensor, geometr
     shift = fitted = None
     if min(settings.shift_steps, settings.steps) > 0:
         shift, fitted = fit_shift(mu, xrays, geometry, settings, mu_water)
-    room = lambda v: in_room(v, geometry, shift, settings.shift_max_mm)[0]  # noqa: E731
-    args = (xrays, in_room(mu, geometry, shift, settings.shift_max_mm)[1], settings.fog_order, mu_water,
-            settings.image_pool)
+    room_geometry = in_room(mu, geometry, shift, settings.shift_max_mm)[1]
 
-    @torch.no_grad()
-    def error(z):  # the image error a run leaves
-        return float(data_term(room((mu + scale * z).clamp(0, 1)), *args))
+    # Whitened coordinates, v = μ + t σ z: the prior is λ·mean(z²), and Adam's steps in z are
+    # steps of about t σ in v, so a voxel the network is sure of barely moves (σ → 0: v = μ)
+    # while an uncertain one is free to. The clamp keeps the [0, 1] window.
+    def volume(z):
+        return (mu + scale * z).clamp(0, 1)
+
+    def image_error(z):  # the data term of v(z), seen by the films through the shift
+        return data_term(in_room(volume(z), geometry, shift, settings.shift_max_mm)[0], xrays, room_geometry,
+                         settings.fog_order, mu_water, settings.image_pool)
 
     prior_weight = settings.prior_weight
-    z, history = _descend(mu, scale, room, args, settings, prior_weight)
-    unexplained = after = error(z)
+    z, history = _descend(image_error, torch.zeros_like(mu), settings, prior_weight)
+    with torch.no_grad():
+        unexplained = after = float(image_error(z))
     if settings.explained_error > 0 and unexplained > settings.explained_error:  # (a batch: its mean error)
         noise = 1 + (unexplained - settings.explained_error) / settings.error_floor  # in error_floor units
         prior_weight = min(max(settings.prior_weight_max, prior_weight), prior_weight * noise)
-        z, history = _descend(mu, scale, room, args, settings, prior_weight)
-        after = error(z)
-    return RefineResult((mu + scale * z).clamp(0, 1), history[0] if history else after, after, len(history),
+        z, history = _descend(image_error, torch.zeros_like(mu), settings, prior_weight)
+        with torch.no_grad():
+            after = float(image_error(z))
+    return RefineResult(volume(z), history[0] if history else after, after, len(history),
                         time.perf_counter() - start, history, shift_mm=shift, fitted_mm=fitted,
                         prior_weight=prior_weight, unexplained=unexplained,
                         prior_raised=prior_weight / settings.prior_weight if settings.prior_weight > 0 else 1.0)
 
 
-def _descend(mu, scale, room, args, settings: RefineConfig, prior_weight: float) -> tuple[torch.Tensor, list[float]]:
-    """Adam on the whitened offsets z from z = 0 -> (z, data term per step)."""
-    # Whitened coordinates, v = μ + t σ z: the prior is λ·mean(z²), and Adam's steps in z are
-    # steps of about t σ in v, so a voxel the network is sure of barely moves (σ → 0: v = μ)
-    # while an uncertain one is free to. The clamp keeps the [0, 1] window.
-    z = torch.zeros_like(mu, requires_grad=True)
+def _descend(image_error, z: torch.Tensor, settings: RefineConfig, prior_weight: float) -> tuple[torch.Tensor, list[float]]:
+    """Adam on the whitened offsets from z (zeros) -> (z, data term per step); early stopping on the data term."""
+    z = z.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=settings.lr)
     best, best_at, history = float("inf"), 0, []
     with torch.enable_grad():
         for step in range(settings.steps):
             opt.zero_grad(set_to_none=True)
-            data = data_term(room((mu + scale * z).clamp(0, 1)), *args)
+            data = image_error(z)
             loss = data + prior_weight * z.pow(2).mean()
             loss.backward()
             history.append(float(data.detach()))

@@ -278,7 +278,7 @@ def summary_lines(result: Result) -> list[str]:
     lines.append(not_refined if r is None else
                  f"Refined against the X-rays in {r.steps} steps ({r.seconds:.1f} s): mean squared difference "
                  f"between the inputs and the volume's DRRs {r.data_before:.2e} → {r.data_after:.2e}."
-                 + "".join(f" Note: {line}." for line in (r.firmness(), r.placement()) if line))
+                 + "".join(f" Note: {line}." for line in r.notes().values()))
     if result.metrics:
         lines.append("Bundled example, compared with its ground truth: "
                      + ", ".join(f"{k} {v:.3g}" for k, v in result.metrics.items()))

@@ -117,9 +117,8 @@ def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_st
         volume = result.volume.cpu()
         log.info("refined in %d steps (%.1f s): image error %.5f -> %.5f", result.steps, result.seconds,
                  result.data_before, result.data_after)
-        for line in (result.firmness(), result.placement()):
-            if line is not None:
-                log.info("%s", line)
+        for line in result.notes().values():
+            log.info("%s", line)
     shift = None if result is None else result.shift_mm
     with torch.no_grad():
         reprojected, reprojected_network = (
@@ -249,10 +248,7 @@ class Job:
 
             details = {} if study is None else dict(study.details())
             if rec.refinement is not None:
-                for key, line in (("refinement", rec.refinement.firmness()),
-                                  ("patient position", rec.refinement.placement())):
-                    if line:
-                        details[key] = line
+                details.update(rec.refinement.notes())
             save_report(self.report, hu, std, spacing, rec.input_images(), mesh=try_bone_surface(hu, spacing)[0], title=title,
                         projections=rec.projection_html(), details=details or None)
         return save_volume(self.out, hu, spacing, self.fmt, description=description)
