@@ -43,7 +43,7 @@ def main(out: Path, budget_s: float, n: int, config: str, seed: int, workers: in
                         argv=["benchmarks/cross_family.py", f"v{v}"])
         for w in FAMILIES:
             ev = evaluate(run / "last.safetensors", data[w], split="test", out=run / f"eval-v{w}", device=device,
-                          montages=0, progress=False)
+                          montages=0, progress=False, refine=False)  # the networks are compared
             scores[f"v{v}->v{w}"] = {k: ev.summary["metrics"][k]["mean"] for k in ("psnr", "ssim3d", "mae_hu")}
         scores[f"v{v}_steps"] = trained.step
     loss = {v: scores[f"v{v}->v{v}"]["psnr"] - scores[f"v{v}->v{3 - v}"]["psnr"] for v in FAMILIES}

@@ -39,7 +39,9 @@ def test_writes_per_case_csv_and_summary(result):
     with open(result.out / "per_case.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["id", "psnr", "ssim3d", "mae_hu", "x2ct_psnr", "x2ct_psnr_3d", "x2ct_ssim", "x2ct_mae",
-                             "x2ct_mse", "proj_xray_mad", "proj_rel_l1"]
+                             "x2ct_mse", "proj_xray_mad", "proj_rel_l1",  # then, refined as reconstruct does by default:
+                             "network_psnr", "refined", "refine_seconds", "refine_unexplained", "refine_prior_raised"]
+    assert all(r["refined"] == "1" for r in rows)  # nominal DRRs: nothing beyond the field
     assert [r["id"] for r in rows] == [f"phantom_{i:04d}" for i in range(4)]  # every case once, batches of 3 + 1
     summary = json.loads((result.out / "summary.json").read_text())
     assert summary == json.loads(json.dumps(result.summary))
@@ -66,16 +68,24 @@ def test_montages_for_the_first_cases_only(result):
         assert im.format == "PNG" and min(im.size) > 300
 
 
-def test_metrics_equal_those_on_the_model_output(setup, result):
+def test_metrics_equal_those_on_the_model_output(setup, result, tmp_path):
+    """--no-refine scores the network's output; the default's `network_psnr` is the same number."""
     ckpt, data = setup
     model, cfg, _ = load_model(ckpt)
     item = BiplanarDataset(data, split=None, xray_size=S, volume_size=N)[2]
     with torch.no_grad():
         pred = model(torch.cat([item["pa"], item["lat"]])[None])["volume"].clamp(0, 1)
     direct = all_metrics(pred, item["ct"][None])
-    row = next(r for r in result.per_case if r["id"] == item["id"])
+    network = evaluate(ckpt, data, split=None, out=tmp_path / "net", device="cpu", montages=0, progress=False,
+                       refine=False)
+    assert network.summary["refinement"] == {"refined": False, "mode": "off", "why": "--no-refine"}
+    row = next(r for r in network.per_case if r["id"] == item["id"])
+    assert "network_psnr" not in row
     for name, value in direct.items():
         assert row[name] == pytest.approx(float(value), rel=1e-4, abs=1e-6), name
+    refined = next(r for r in result.per_case if r["id"] == item["id"])
+    assert refined["network_psnr"] == pytest.approx(float(direct["psnr"]), rel=1e-4)
+    assert refined["psnr"] != pytest.approx(refined["network_psnr"], abs=1e-3)  # the default scores the refined volume
 
 
 def test_projection_errors_vanish_for_the_ground_truth(setup):
@@ -162,3 +172,19 @@ def test_one_view_evaluation_withholds_the_other_view(setup, tmp_path, monkeypat
     assert all(math.isfinite(r["psnr"]) and math.isfinite(r["network_psnr"]) for r in res.per_case)
     with pytest.raises(ReconstructionError, match="--views"):
         evaluate(ckpt, data, split=None, out=tmp_path / "bad", device="cpu", views="side", progress=False)
+
+
+def test_default_keeps_the_network_volume_of_a_model_without_uncertainty(setup, monkeypatch, tmp_path):
+    """As `reconstruct`: refinement weighs its prior by the network's σ; a model that predicts none is
+    scored on its own volume by default, and says why, where --refine refuses."""
+    import xray2ct.engine.inference as I
+    from xray2ct.engine.inference import ReconstructionError
+
+    ckpt, data = setup
+    real_predict = I.predict
+    monkeypatch.setattr(I, "predict", lambda m, x, d: (real_predict(m, x, d)[0], None))
+    res = evaluate(ckpt, data, split=None, out=tmp_path / "auto", device="cpu", montages=0, progress=False)
+    assert res.summary["refinement"]["refined"] is False and "uncertainty" in res.summary["refinement"]["why"]
+    assert all("network_psnr" not in r for r in res.per_case)
+    with pytest.raises(ReconstructionError, match="no log_var"):
+        evaluate(ckpt, data, split=None, out=tmp_path / "forced", device="cpu", montages=0, progress=False, refine=True)

@@ -195,7 +195,7 @@ def test_evaluate_refine_reports_the_gain(tmp_path):
     assert summary["refinement"]["psnr_gain_db"]["mean"] > 1.0
     assert summary["refinement"]["cases_prior_raised"] == 0  # DRRs of the grid: λ as configured
     header = (tmp_path / "ev" / "per_case.csv").read_text().splitlines()[0]
-    assert header.endswith("network_psnr,refine_seconds,refine_unexplained,refine_prior_raised")
+    assert header.endswith("network_psnr,refined,refine_seconds,refine_unexplained,refine_prior_raised")
 
 
 def test_refine_size_without_refinement_keeps_the_network_grid(tmp_path):

@@ -146,8 +146,10 @@ def evaluate(
     montages: Optional[int] = typer.Option(None, min=0, help="Montages for the first this-many cases (default: all)."),
     report: bool = typer.Option(False, help="Also write OUT/report.html: a self-contained page with the metrics, "
                                 "montages and the first case's volume and bone surface."),
-    refine: bool = typer.Option(False, help="Score the physics-refined volumes (as `reconstruct --refine` makes "
-                                "them); also reports the gain over the network alone."),
+    refine: Optional[bool] = typer.Option(None, help="Score what `reconstruct` makes. Default: the physics-refined "
+                                          "volumes, as `reconstruct` refines by default (not where a film shows "
+                                          "anatomy beyond the field), with the gain over the network alone; "
+                                          "--refine: refine every case; --no-refine: the network alone."),
     views: str = typer.Option("both", help="both | pa | lat: score one-view reconstruction (the other view "
                               "withheld, as `reconstruct --pa` alone)."),
 ):
@@ -166,10 +168,13 @@ def evaluate(
         t.add_row(name, s["protocol"], f"{s['mean']:.4g}{unit}", "-" if s["std"] is None else f"{s['std']:.3g}", ci,
                   str(s["n"]))
     Console().print(t)
-    if refine:
-        r = result.summary["refinement"]
-        Console().print(f"refinement: PSNR {r['psnr_gain_db']['mean']:+.2f} dB over the network alone (worst "
-                        f"{r['worst_gain_db']:+.2f} dB), {r['seconds_per_case']['mean']:.1f} s per case")
+    r = result.summary["refinement"]
+    if r["refined"]:
+        Console().print(f"refined {r['cases_refined']} of {result.summary['n_cases']} case(s): PSNR "
+                        f"{r['psnr_gain_db']['mean']:+.2f} dB over the network alone (worst {r['worst_gain_db']:+.2f} "
+                        f"dB), {r['seconds_per_case']['mean']:.1f} s per case")
+    else:
+        Console().print(f"not refined ({r['why']}): the network's volumes")
     console.print(f"per_case.csv, summary.json{', report.html' if report else ''} and {len(result.montages)} "
                   f"montage(s) in {result.out}")
 

@@ -189,7 +189,7 @@ def run_quality(data_dir: str | Path, *, config: str | Path = "configs/cpu-small
             raise QualityBenchmarkError(f"quality variant {name!r} stopped at step {trained.step} of {max_steps}: "
                                         f"{trained.stopped_early or 'unknown reason'}")
         ev = evaluate(run / "last.safetensors", data_dir, split="test", out=run / "eval_test", device=device,
-                      montages=0, progress=False)
+                      montages=0, progress=False, refine=False)  # the networks are compared
         results.append(VariantResult(name, VARIANTS[name][0], params[name], steps[name], max_steps, trained.step,
                                      train_s, ev.summary["metrics"], run,
                                      trained.peak_gib if device.startswith("cuda") else float("nan")))

@@ -157,11 +157,14 @@ def _write_report(path: Path, result: EvalResult, hu: np.ndarray, spacing) -> Pa
                              title=f"xray2ct evaluation ({result.summary['split'] or 'all'} split; viewer: {first})")
 
 
-def _refine_batch(model, pred, log_var, xrays, target, cfg, dev, given=(0, 1)):
+def _refine_batch(model, pred, log_var, xrays, target, cfg, dev, given=(0, 1), forced: bool = True):
     """Refine each case of a batch on its own (early stopping per case) against the given views,
-    as `reconstruct` does (`refine_placed`); -> (volumes, per-case extras)."""
+    as `reconstruct` does (`refine_placed`); -> (volumes, per-case extras).
+
+    forced False: as `reconstruct` by default, a case whose films show anatomy beyond the field
+    (`refine_skip_reason`) keeps the network's volume (`refined` 0 in its extras)."""
     from xray2ct.engine.inference import ReconstructionError
-    from xray2ct.engine.refining import given_views, refine_placed
+    from xray2ct.engine.refining import given_views, refine_placed, refine_skip_reason
     from xray2ct.metrics import psnr
 
     if log_var is None:
@@ -171,17 +174,23 @@ def _refine_batch(model, pred, log_var, xrays, target, cfg, dev, given=(0, 1)):
     geometry = given_views(lift_geometry, xrays, present)[0]
     volumes, extras = [], []
     for i in range(pred.shape[0]):
+        network = {"network_psnr": float(psnr(pred[i:i + 1], target[i:i + 1]))}
+        if not forced and refine_skip_reason(lift_geometry, present, xrays[i:i + 1]):
+            volumes.append(pred[i:i + 1].cpu())
+            extras.append({**network, "refined": 0, "refine_seconds": 0.0, "refine_unexplained": 0.0,
+                           "refine_prior_raised": 1.0})
+            continue
         r = refine_placed(model, dev, xrays[i:i + 1], pred[i:i + 1], log_var[i:i + 1], lift_geometry, geometry,
                           present, cfg.refine, cfg.geometry.mu_water)[0]
         volumes.append(r.volume.cpu())
-        extras.append({"network_psnr": float(psnr(pred[i:i + 1], target[i:i + 1])), "refine_seconds": r.seconds,
-                       "refine_unexplained": r.unexplained, "refine_prior_raised": r.prior_raised})
+        extras.append({**network, "refined": 1, "refine_seconds": r.seconds, "refine_unexplained": r.unexplained,
+                       "refine_prior_raised": r.prior_raised})
     return torch.cat(volumes), extras
 
 
 def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device: str = "auto", batch_size: int = 2,
              montages: int | None = None, progress: bool = True, report: bool = False,
-             refine: bool = False, views: str = "both") -> EvalResult:
+             refine: bool | None = None, views: str = "both") -> EvalResult:
     """Evaluate a checkpoint on a dataset split; write per_case.csv, summary.json and montages.
 
     Args:
@@ -192,9 +201,13 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
         montages: write montages for the first this-many cases; None: for all, 0: none.
         report: also write `out/report.html`, self-contained: summary, every case, the first
             montages, and the first case's predicted volume with its bone surface.
-        refine: score the physics-refined volume (`xray2ct.refine`, the model's `refine` settings);
-            per_case.csv then also has the network's own PSNR (`network_psnr`) and the seconds
-            refinement took, and summary.json a `refinement` entry with the mean gain.
+        refine: score what `reconstruct` makes. None (the default), as `reconstruct` by default: the
+            physics-refined volume (`xray2ct.refine`, the model's `refine` settings), except for a
+            case whose films show anatomy beyond the field, and the network's own for a model that
+            predicts no uncertainty; True: refine every case; False: the network's volume alone.
+            When refining, per_case.csv also has the network's own PSNR (`network_psnr`), whether
+            the case was refined and the seconds it took, and summary.json a `refinement` entry
+            with the mean gain.
         views: "both", or "pa" / "lat" to score one-view reconstruction: the other view is
             replaced by zeros, as `reconstruct --pa` alone does.
     """
@@ -222,6 +235,7 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     result = EvalResult(out=out)
     first_hu = None  # the first case's prediction, for the report's viewer
+    refining, not_refined = refine is not False, None
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
         xrays = torch.cat([batch["pa"], batch["lat"]], dim=1)  # (B, 2, S, S), as in training
         for v in {0, 1} - set(given):
@@ -229,8 +243,11 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
         target = batch["ct"].float()
         pred, log_var = predict(model, xrays, dev)
         extra = [{} for _ in batch["id"]]
-        if refine:
-            pred, extra = _refine_batch(model, pred, log_var, xrays, target, cfg, dev, given)
+        if refining and refine is None and log_var is None:  # as reconstruct: the network's volume, said once
+            refining, not_refined = False, "this model predicts no uncertainty (no log_var output)"
+            log.warning("not refined: %s, which refinement weighs its prior by", not_refined)
+        if refining:
+            pred, extra = _refine_batch(model, pred, log_var, xrays, target, cfg, dev, given, forced=bool(refine))
         drr = prediction_drr(pred, cfg, xrays.shape[-1])
         values = {**all_metrics(pred, target), **projection_errors(pred, target, xrays, cfg, drr, given)}
         if first_hu is None:
@@ -251,9 +268,14 @@ def evaluate(checkpoint, data_dir, split: str | None = "test", out=None, device:
             for name, (protocol, unit, higher, text) in METRICS.items()
         },
     }
-    if refine:
+    if not refining:
+        result.summary["refinement"] = {"refined": False, "mode": "off" if refine is False else "auto",
+                                        "why": not_refined or "--no-refine"}
+    else:
         gains = [r["psnr"] - r["network_psnr"] for r in result.per_case]
         result.summary["refinement"] = {
+            "refined": True, "mode": "forced" if refine else "auto",
+            "cases_refined": sum(r["refined"] for r in result.per_case),
             "settings": dataclasses.asdict(cfg.refine), "psnr_gain_db": summarize(gains),
             "worst_gain_db": min(gains, default=float("nan")),
             "seconds_per_case": summarize([r["refine_seconds"] for r in result.per_case]),
