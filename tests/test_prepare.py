@@ -223,3 +223,21 @@ def test_prepare_workers_write_the_same_cases_and_a_repeated_input_is_one(tmp_pa
     for case_id in ("a", "b"):
         for f in layout.case_files(tmp_path / "serial", case_id):
             assert f.read_bytes() == (tmp_path / "parallel" / case_id / f.name).read_bytes()
+
+
+def test_a_folder_cut_before_the_couch_was_left_out_takes_no_new_cases(tmp_path):
+    """prepare.json records where cubes are cut; a folder from before it said (cubes centred on the
+    body and any couch near it) is refused rather than mixed, with the way out."""
+    from xray2ct.data.errors import XRay2CTInputError
+    from xray2ct.data.presets import CENTRING
+
+    src = tmp_path / "a.nii.gz"
+    save_nifti(src, toy_chest(40, 200.0), 5.0)
+    out = tmp_path / "out"
+    prepare_cts([src], out, size=16, xray_size=32, progress=False)
+    settings = json.loads((out / "prepare.json").read_text())
+    assert settings["centring"] == CENTRING
+    del settings["centring"]  # as written before 2026-12-01
+    (out / "prepare.json").write_text(json.dumps(settings))
+    with pytest.raises(XRay2CTInputError, match=r"centring body and couch.*another --out"):
+        prepare_cts([src], out, size=16, xray_size=32, progress=False)

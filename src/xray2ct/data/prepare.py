@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from xray2ct.data.ctio import ARRAY_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, load_volume
 from xray2ct.data.errors import XRay2CTInputError
 from xray2ct.data.layout import case_complete, find_cases, save_splits, volume_path, write_case, write_splits
-from xray2ct.data.presets import Preset, make_cube, resolve_preset
+from xray2ct.data.presets import CENTRING_BEFORE, Preset, make_cube, resolve_preset
 from xray2ct.data.splitfile import read_id_list, splits_from_files
 from xray2ct.fileio import atomic_path
 
@@ -130,6 +130,7 @@ def check_settings(out: Path, preset: Preset) -> None:
         except (OSError, ValueError) as e:
             raise XRay2CTInputError(f"{path}: unreadable ({e}); delete it only if every case there was made "
                                     "with the settings of this run") from e
+        have.setdefault("centring", CENTRING_BEFORE)
     else:
         cases = find_cases(out)
         have = {}

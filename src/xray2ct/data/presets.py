@@ -23,6 +23,12 @@ from xray2ct.data.ctio import HU_AIR, HU_MAX, body_center, preprocess
 from xray2ct.data.errors import XRay2CTInputError
 
 
+# Where the cube is cut (`ctio.body_center`); a folder whose prepare.json does not say was cut
+# around the body and any couch within a centimetre of the back, and takes no new cases.
+CENTRING = "body without couch"
+CENTRING_BEFORE = "body and couch (before 2026-12-01)"
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -37,7 +43,7 @@ class Preset:
         """What a dataset folder records about how its cases were made (`prepare.json`)."""
         d = asdict(self)
         d.pop("fixed")
-        return {"preset": d.pop("name"), **d, "hu_window": list(self.hu_window)}
+        return {"preset": d.pop("name"), **d, "hu_window": list(self.hu_window), "centring": CENTRING}
 
 
 PRESETS = {
