@@ -55,6 +55,7 @@ def test_training_demo_runs_end_to_end(tmp_path):
 
     lines = list(run_training_demo(tmp_path, budget_minutes=0.3, n=12, device="cpu"))
     assert lines[-1].startswith("done:")
+    assert any("over the network alone" in line for line in lines)  # scored as reconstruct makes it: refined
     assert (tmp_path / "eval" / "summary.json").is_file()
     assert any(p.suffix == ".gz" for p in tmp_path.iterdir())
 
