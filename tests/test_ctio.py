@@ -319,3 +319,41 @@ def test_phantoms_cut_from_a_wide_field_are_centred_as_the_phantoms_are(monkeypa
         monkeypatch.undo()
         offset_mm = (centre - (np.array(field.shape) - 1) / 2) * 320.0 / 96
         assert np.abs(offset_mm).max() <= 8.0 + 320.0 / 96, (seed, offset_mm)
+
+
+def _long_scan(length_mm: float, apex_mm: float | None, spacing=(5.0, 2.0, 2.0)):
+    """A torso scanned over length_mm head to feet; lungs (two ellipsoids, 250 mm tall, -850 HU) from
+    apex_mm below the top of the scan, a trachea above them; None: no lungs (an abdomen)."""
+    d, h, w = int(length_mm / spacing[0]), int(360 / spacing[1]), int(460 / spacing[2])
+    z = (np.arange(d) + 0.5)[:, None, None] * spacing[0]  # mm from the top
+    y = ((np.arange(h) - (h - 1) / 2) * spacing[1])[None, :, None]
+    x = ((np.arange(w) - (w - 1) / 2) * spacing[2])[None, None, :]
+    hu = np.where(((y / 110.0) ** 2 + (x / 150.0) ** 2 <= 1) & (z > 0), 40.0, -1000.0).astype(np.float32)
+    if apex_mm is not None:
+        for side in (-1, 1):
+            lung = ((z - apex_mm - 125) / 125) ** 2 + (y / 80.0) ** 2 + ((x - side * 70) / 55.0) ** 2 <= 1
+            hu[lung] = -850.0
+        hu[((y + 30) ** 2 + x**2 <= 9**2) & (z < apex_mm + 20)] = -1000.0  # the trachea, from the top
+    return hu, spacing
+
+
+@pytest.mark.parametrize("length_mm, apex_mm", [(700.0, 100.0), (900.0, 60.0)])
+def test_a_long_scan_is_centred_on_the_chest(length_mm, apex_mm):
+    """A chest-abdomen scan's middle is in the abdomen; the cube is centred 120 mm below the lung
+    apex instead, where the phantoms' chest scans are on average. A chest scan keeps its middle."""
+    from xray2ct.data.ctio import APEX_TO_CENTRE_MM, body_center
+
+    hu, spacing = _long_scan(length_mm, apex_mm)
+    found_mm = (body_center(hu, spacing)[0] + 0.5) * spacing[0]
+    assert abs(found_mm - (apex_mm + APEX_TO_CENTRE_MM)) <= 2 * 3.0 + spacing[0]
+    chest, spacing = _long_scan(380.0, 40.0)
+    assert abs((body_center(chest, spacing)[0] + 0.5) * spacing[0] - 190.0) <= spacing[0]
+
+
+def test_a_long_scan_without_lungs_keeps_its_middle_and_says_so(caplog):
+    from xray2ct.data.ctio import body_center
+
+    hu, spacing = _long_scan(600.0, None)
+    with caplog.at_level("WARNING"):
+        found_mm = (body_center(hu, spacing, name="abdomen.nii.gz")[0] + 0.5) * spacing[0]
+    assert abs(found_mm - 300.0) <= spacing[0] and "abdomen.nii.gz" in caplog.text and "no lungs" in caplog.text

@@ -24,6 +24,12 @@ HU_AIR, HU_MAX = -1024.0, 3071.0  # 12-bit CT range
 BODY_HU = -500.0  # above this: tissue, below: air and lung periphery
 BODY_GRID_MM = 3.0  # the grid `body_center` finds the patient on
 BODY_OPEN_MM = 6.0  # ... and the radius of its opening in each axial slice
+# A scan longer than the phantoms' longest (params.scan_len: 250-400 mm; a chest-abdomen-pelvis CT)
+# is centred as theirs are on average below the lung apex (scan_len / 2 - above_apex, 45-195 mm),
+# not on its middle, which would put the cube in the abdomen.
+CHEST_SCAN_MAX_MM = 400.0
+APEX_TO_CENTRE_MM = 120.0
+LUNG_MIN_MM2 = 5000.0  # air inside the body on the lungs' widest slice: at least 50 cm²
 MIN_VOXELS = 8  # smallest extent along any axis we accept as a CT volume
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -292,6 +298,10 @@ def body_center(hu: np.ndarray, spacing, step_mm: float = BODY_GRID_MM, name: st
     (at 10 mm it bridged gaps of a centimetre), and the opening, which removes plates and lines
     thinner than twice its radius (a couch's carbon shell, leads) and cuts thin contacts. It is
     computed on that grid, not at full resolution: a label image of a whole CT takes gigabytes.
+
+    A scan longer than any chest scan the phantoms have (`CHEST_SCAN_MAX_MM`: chest-abdomen,
+    whole-body) is centred head-feet where theirs are on average, `APEX_TO_CENTRE_MM` below the
+    lung apex, so the cube holds the chest; with no lungs found, on its middle, with a warning.
     """
     from scipy import ndimage
 
@@ -308,7 +318,34 @@ def body_center(hu: np.ndarray, spacing, step_mm: float = BODY_GRID_MM, name: st
         raise XRay2CTInputError(f"{name}: no body found (no voxel above {BODY_HU:.0f} HU)")
     largest = 1 + int(np.argmax(ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))))
     box = ndimage.find_objects(labels)[largest - 1]
-    return np.array([(b.start + b.stop - 1) / 2 * st for b, st in zip(box, stride)])
+    centre = np.array([(b.start + b.stop - 1) / 2 * st for b, st in zip(box, stride)])
+    if (box[0].stop - box[0].start) * grid[0] > CHEST_SCAN_MAX_MM:  # longer than any chest scan it learned
+        apex = _lung_apex(labels[box] == largest, grid)
+        if apex is None:
+            log.warning("%s: a scan of %.0f mm with no lungs found; the cube is centred on its middle", name,
+                        (box[0].stop - box[0].start) * grid[0])
+        else:  # where the phantoms' cubes sit below the apex, kept inside the scan
+            lo, hi = box[0].start * stride[0], (box[0].stop - 1) * stride[0]
+            centre[0] = float(np.clip((box[0].start + apex) * stride[0] + APEX_TO_CENTRE_MM / spacing[0], lo, hi))
+    return centre
+
+
+def _lung_apex(body: np.ndarray, grid) -> int | None:
+    """The first axial slice (index into body, (D, H, W) bool) of the lungs, or None.
+
+    The lungs are the air inside the body's outline, slice by slice; their widest slice holds far
+    more of it than anything else a scan shows (airway, sinuses, bowel gas). Going up from there,
+    the apex is where that air falls under 5 % of its widest.
+    """
+    from scipy import ndimage
+
+    inside = ndimage.binary_fill_holes(body, structure=ndimage.generate_binary_structure(2, 1)[None]) & ~body
+    area_mm2 = inside.sum(axis=(1, 2)) * grid[1] * grid[2]  # (D,)
+    widest = int(np.argmax(area_mm2))
+    if area_mm2[widest] < LUNG_MIN_MM2:
+        return None
+    above = np.nonzero(area_mm2[:widest] < 0.05 * area_mm2[widest])[0]
+    return int(above[-1]) + 1 if above.size else 0
 
 
 def preprocess(hu: np.ndarray, spacing, size: int = 64, fov_mm: float = 320.0, *, name: str = "volume") -> np.ndarray:
