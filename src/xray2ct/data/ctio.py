@@ -24,10 +24,10 @@ HU_AIR, HU_MAX = -1024.0, 3071.0  # 12-bit CT range
 BODY_HU = -500.0  # above this: tissue, below: air and lung periphery
 BODY_GRID_MM = 3.0  # the grid `body_center` finds the patient on
 BODY_OPEN_MM = 6.0  # ... and the radius of its opening in each axial slice
-# A scan longer than the phantoms' longest (params.scan_len: 250-400 mm; a chest-abdomen-pelvis CT)
-# is centred as theirs are on average below the lung apex (scan_len / 2 - above_apex, 45-195 mm),
-# not on its middle, which would put the cube in the abdomen.
-CHEST_SCAN_MAX_MM = 400.0
+# A scan longer than the phantoms' longest (params.scan_len: 250-400 mm, and a margin for the edge
+# ramps on the grid; a chest-abdomen-pelvis CT) is centred as theirs are on average below the lung
+# apex (scan_len / 2 - above_apex, 45-195 mm), not on its middle, which would put the cube in the abdomen.
+CHEST_SCAN_MAX_MM = 420.0
 APEX_TO_CENTRE_MM = 120.0
 LUNG_MIN_MM2 = 5000.0  # air inside the body on the lungs' widest slice: at least 50 cm²
 MIN_VOXELS = 8  # smallest extent along any axis we accept as a CT volume
