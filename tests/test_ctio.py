@@ -338,13 +338,16 @@ def _long_scan(length_mm: float, apex_mm: float | None, spacing=(5.0, 2.0, 2.0))
 
 
 @pytest.mark.parametrize("length_mm, apex_mm", [(700.0, 100.0), (900.0, 60.0)])
-def test_a_long_scan_is_centred_on_the_chest(length_mm, apex_mm):
+def test_a_long_scan_is_centred_on_the_chest(length_mm, apex_mm, caplog):
     """A chest-abdomen scan's middle is in the abdomen; the cube is centred 120 mm below the lung
-    apex instead, where the phantoms' chest scans are on average. A chest scan keeps its middle."""
+    apex instead, where the phantoms' chest scans are on average, and the log says so. A chest
+    scan keeps its middle."""
     from xray2ct.data.ctio import APEX_TO_CENTRE_MM, body_center
 
     hu, spacing = _long_scan(length_mm, apex_mm)
-    found_mm = (body_center(hu, spacing)[0] + 0.5) * spacing[0]
+    with caplog.at_level("WARNING", logger="xray2ct.data.ctio"):
+        found_mm = (body_center(hu, spacing, name="cap.nii.gz")[0] + 0.5) * spacing[0]
+    assert "cap.nii.gz: a scan of" in caplog.text and "centred on the chest" in caplog.text
     assert abs(found_mm - (apex_mm + APEX_TO_CENTRE_MM)) <= 2 * 3.0 + spacing[0]
     chest, spacing = _long_scan(380.0, 40.0)
     assert abs((body_center(chest, spacing)[0] + 0.5) * spacing[0] - 190.0) <= spacing[0]

@@ -327,6 +327,9 @@ def body_center(hu: np.ndarray, spacing, step_mm: float = BODY_GRID_MM, name: st
         else:  # where the phantoms' cubes sit below the apex, kept inside the scan
             lo, hi = box[0].start * stride[0], (box[0].stop - 1) * stride[0]
             centre[0] = float(np.clip((box[0].start + apex) * stride[0] + APEX_TO_CENTRE_MM / spacing[0], lo, hi))
+            log.warning("%s: a scan of %.0f mm, longer than a chest scan; the cube is centred on the chest, %.0f mm "
+                        "below the lung apex (%.0f mm from the scan's top)", name,
+                        (box[0].stop - box[0].start) * grid[0], APEX_TO_CENTRE_MM, apex * grid[0])
     return centre
 
 
