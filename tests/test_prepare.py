@@ -229,7 +229,7 @@ def test_a_folder_cut_before_the_couch_was_left_out_takes_no_new_cases(tmp_path)
     """prepare.json records where cubes are cut; a folder from before it said (cubes centred on the
     body and any couch near it) is refused rather than mixed, with the way out."""
     from xray2ct.data.errors import XRay2CTInputError
-    from xray2ct.data.presets import CENTRING
+    from xray2ct.data.centring import CENTRING
 
     src = tmp_path / "a.nii.gz"
     save_nifti(src, toy_chest(40, 200.0), 5.0)

@@ -19,14 +19,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from xray2ct.data.ctio import HU_AIR, HU_MAX, body_center, preprocess
+from xray2ct.data.centring import CENTRING, body_center
+from xray2ct.data.ctio import HU_AIR, HU_MAX, preprocess
 from xray2ct.data.errors import XRay2CTInputError
-
-
-# Where the cube is cut (`ctio.body_center`); a folder whose prepare.json does not say was cut
-# around the body and any couch within a centimetre of the back, and takes no new cases.
-CENTRING = "body without couch"
-CENTRING_BEFORE = "body and couch (before 2026-12-01)"
 
 
 @dataclass(frozen=True)
