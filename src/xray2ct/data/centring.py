@@ -65,17 +65,18 @@ def body_center(hu: np.ndarray, spacing, step_mm: float = BODY_GRID_MM, name: st
     largest = 1 + int(np.argmax(ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))))
     box = ndimage.find_objects(labels)[largest - 1]
     centre = np.array([(b.start + b.stop - 1) / 2 * st for b, st in zip(box, stride)])
-    if (box[0].stop - box[0].start) * grid[0] > CHEST_SCAN_MAX_MM:  # longer than any chest scan it learned
+    length_mm = (box[0].stop - box[0].start) * grid[0]
+    if length_mm > CHEST_SCAN_MAX_MM:  # longer than any chest scan it learned
         apex = _lung_apex(labels[box] == largest, grid)
         if apex is None:
             log.warning("%s: a scan of %.0f mm with no lungs found; the cube is centred on its middle", name,
-                        (box[0].stop - box[0].start) * grid[0])
+                        length_mm)
         else:  # where the phantoms' cubes sit below the apex, kept inside the scan
             lo, hi = box[0].start * stride[0], (box[0].stop - 1) * stride[0]
             centre[0] = float(np.clip((box[0].start + apex) * stride[0] + APEX_TO_CENTRE_MM / spacing[0], lo, hi))
             log.warning("%s: a scan of %.0f mm, longer than a chest scan; the cube is centred on the chest, %.0f mm "
-                        "below the lung apex (%.0f mm from the scan's top)", name,
-                        (box[0].stop - box[0].start) * grid[0], APEX_TO_CENTRE_MM, apex * grid[0])
+                        "below the lung apex (%.0f mm from the scan's top)", name, length_mm, APEX_TO_CENTRE_MM,
+                        apex * grid[0])
     return centre
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from xray2ct.data.centring import CENTRING_BEFORE
 from xray2ct.data.ctio import ARRAY_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, load_volume
 from xray2ct.data.errors import XRay2CTInputError
 from xray2ct.data.layout import case_complete, find_cases, save_splits, volume_path, write_case, write_splits
-from xray2ct.data.centring import CENTRING_BEFORE
 from xray2ct.data.presets import Preset, make_cube, resolve_preset
 from xray2ct.data.splitfile import read_id_list, splits_from_files
 from xray2ct.fileio import atomic_path
