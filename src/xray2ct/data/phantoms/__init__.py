@@ -2,12 +2,15 @@
 
 `chest_phantom(size, seed, version=2)`; version 1 is the first generator (one tidy torso,
 the bundled weights' data, byte-identical per seed), version 2 the default (adult habitus,
-arms, scan coverage, couch, contrast, chambers, abdomen, disease, devices).
+arms, scan coverage, couch, contrast, chambers, abdomen, disease, devices), version 3 v2's
+anatomy seed for seed with a skeleton of published cortex thicknesses and trabecular HU
+(`skeleton`: about half of v2's bone mass, as real chest CTs have).
 
 Modules, bottom-up: `tissues` (labels, HU tables), `shapes` (signed distances in mm),
 `canvas` (the grid, partial-volume painting, batched tubes); v2's `params` (the
 distribution), `habitus` (outline, landmarks), `limbs`, `lungs`, `mediastinum`, `abdomen`,
-`spine`, `ribs`, `disease`, `coverage` (scan range, reconstruction circle, couch), `v2`;
+`spine`, `ribs`, `skeleton` (how densely bone is built), `disease`, `coverage` (scan range,
+reconstruction circle, couch), `v2` (and v3);
 `v1` (it borrows the vessel trees, airways, ribs and vertebrae of `lungs`, `ribs`, `spine`).
 """
 from __future__ import annotations
@@ -20,9 +23,9 @@ from .canvas import margins
 from .tissues import Tissue
 from .params import PhantomParamsV2
 from .v1 import PhantomParams, chest_phantom_v1
-from .v2 import chest_phantom_v2
+from .v2 import chest_phantom_v2, chest_phantom_v3
 
-GENERATORS = {1: chest_phantom_v1, 2: chest_phantom_v2}
+GENERATORS = {1: chest_phantom_v1, 2: chest_phantom_v2, 3: chest_phantom_v3}
 VERSIONS = tuple(GENERATORS)
 
 __all__ = ["GENERATORS", "PhantomParams", "PhantomParamsV2", "Tissue", "VERSIONS", "chest_phantom",

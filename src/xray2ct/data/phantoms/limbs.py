@@ -8,6 +8,7 @@ import numpy as np
 from .canvas import Canvas
 from .habitus import Body
 from .shapes import polyline
+from .skeleton import BoneBuild
 from .tissues import Tissue
 
 ARM_LENGTH = 290.0  # shoulder joint to elbow, adult (~ 0.19 × height)
@@ -55,7 +56,7 @@ def paint_arms(cv: Canvas, b: Body, hu):
     cv.paint_tubes(segs, [(Tissue.FAT, hu[Tissue.FAT], 0.0), (Tissue.MUSCLE, hu[Tissue.MUSCLE], fat)], chunk=1)
 
 
-def paint_arm_bones(cv: Canvas, b: Body, hu):
+def paint_arm_bones(cv: Canvas, b: Body, hu, build: BoneBuild):
     """Humeri (head, shaft), forearm bones, clavicles and scapulae."""
     bones = []
     for side in (-1.0, 1.0):
@@ -74,10 +75,10 @@ def paint_arm_bones(cv: Canvas, b: Body, hu):
         bones += polyline(clav, [6.5] * 4)
     layers = [(Tissue.CORTICAL, hu[Tissue.CORTICAL], 0.0), (Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS], 2.5)]
     cv.paint_tubes(bones, layers, chunk=1)
-    _paint_scapulae(cv, b, hu)
+    _paint_scapulae(cv, b, hu, build)
 
 
-def _paint_scapulae(cv: Canvas, b: Body, hu):
+def _paint_scapulae(cv: Canvas, b: Body, hu, build: BoneBuild):
     """Thin triangular plates over the posterior ribs, narrowing downward; raising the arm
     rotates the lower angle outward."""
     s_top = b.shoulder_z + (-10.0 if b.p.arms_up else 5.0)
@@ -85,7 +86,7 @@ def _paint_scapulae(cv: Canvas, b: Body, hu):
     tip = 90.0 if b.p.arms_up else 55.0
 
     def scapula(z, y, x, side):
-        shell = np.abs(b.cavity_sd(z, y, x, grow=15.0)) - 3.5
+        shell = np.abs(b.cavity_sd(z, y, x, grow=15.0)) - build.scapula_half_mm
         f = np.clip((z - s_top) / (s_bot - s_top), 0.0, 1.0)
         _, _, _, cw = b.cavity(z)
         lateral = (cw + 5.0) * (1 - f) + tip * f
@@ -94,4 +95,5 @@ def _paint_scapulae(cv: Canvas, b: Body, hu):
 
     for side in (-1.0, 1.0):
         box = ((s_top, 0, min(0, side * 300)), (s_bot, 300, max(0, side * 300)))
-        cv.paint_sd(box, lambda z, y, x, s=side: scapula(z, y, x, s), Tissue.CORTICAL, 0.8 * hu[Tissue.CORTICAL])
+        cv.paint_sd(box, lambda z, y, x, s=side: scapula(z, y, x, s), Tissue.CORTICAL,
+                    build.scapula_fraction * hu[Tissue.CORTICAL])

@@ -93,7 +93,7 @@ def survey(version: int, n: int, size: int = 64, seed0: int = SEED0, hu_samples:
         seed = seed0 + i
         hu, lab = chest_phantom(size, seed, return_labels=True, version=version, margin=(MARGIN, 0, MARGIN))
         m = measure(lab, vox)
-        if version == 2:
+        if version >= 2:
             b = Body(PhantomParamsV2.draw(np.random.default_rng(seed)))
             m["dome_mm"] = b.dome_l - b.dome_r
             m["lung_h_mm"] = b.dome_r - b.apex_z

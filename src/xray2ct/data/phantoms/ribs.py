@@ -10,6 +10,7 @@ import numpy as np
 from .canvas import Canvas
 from .habitus import Body
 from .shapes import ellipse_sd, polyline, smoothstep
+from .skeleton import BoneBuild
 from .spine import level_z
 from .tissues import Tissue
 
@@ -63,12 +64,12 @@ def rib_tubes(path, sternum_y, top: float, bottom: float, n_ribs: int = N_RIBS):
     return bones, cartilage
 
 
-def paint_ribs_and_sternum(cv: Canvas, b: Body, hu):
+def paint_ribs_and_sternum(cv: Canvas, b: Body, hu, build: BoneBuild):
     top, bottom = b.sternum_top, b.sternum_bottom
     bones, cartilage = rib_tubes(lambda k, side: rib_path(b, k, side), lambda z: sternum_y(b, z), top, bottom)
     cv.paint_tubes(cartilage, [(Tissue.CARTILAGE, hu[Tissue.CARTILAGE], 0.0)])
     cv.paint_tubes(bones, [(Tissue.CORTICAL, hu[Tissue.CORTICAL], 0.0),
-                           (Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS], 2.3)])
+                           (Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS], build.rib_cortex_mm)])
 
     def sternum(z, y, x, shrink=0.0):
         half_w = 14.0 + 10.0 * smoothstep((top + 50.0 - z) / 30.0)  # the manubrium is wider
@@ -77,4 +78,4 @@ def paint_ribs_and_sternum(cv: Canvas, b: Body, hu):
 
     box = ((top, -400, -30), (bottom, 100, 30))
     cv.paint_sd(box, sternum, Tissue.CORTICAL, hu[Tissue.CORTICAL])
-    cv.paint_sd(box, lambda z, y, x: sternum(z, y, x, shrink=2.5), Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS])
+    cv.paint_sd(box, lambda z, y, x: sternum(z, y, x, shrink=build.sternum_cortex_mm), Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS])

@@ -9,6 +9,7 @@ import numpy as np
 from .canvas import Canvas
 from .habitus import Body
 from .shapes import ellipse_sd, polyline
+from .skeleton import BoneBuild
 from .tissues import Tissue
 
 LEVELS = range(-7, 18)  # index from T1 (0): C1–C7 -7…-1, T12 11, L1–L5 12…16, 17 the sacrum's top (drawn as a body)
@@ -21,7 +22,7 @@ def level_z(b: Body, i: int) -> float:
 
 
 def paint_vertebra(cv: Canvas, hu, zi: float, ys: float, scale: float, pitch: float,
-                   pin_amin: bool = True) -> float:
+                   pin_amin: bool = True, cortex_mm: float = 2.5, posterior_fraction: float = 0.85) -> float:
     """Paint one vertebra: the disc below it, the body (cortical rim, cancellous core), the
     pedicles and laminae round the canal, and the cord. Returns yc, the canal centre's y (mm).
 
@@ -31,6 +32,8 @@ def paint_vertebra(cv: Canvas, hu, zi: float, ys: float, scale: float, pitch: fl
         pitch: vertebral body + disc height (mm).
         pin_amin: give the body's ellipse its smallest semi-axis (`ellipse_sd`), so a wider
             grid paints the same values; v1 passes False (its output is pinned by seed).
+        cortex_mm: the body's cortical shell; posterior_fraction: the pedicles' and laminae's
+            HU × the cortical HU (`skeleton.BoneBuild`).
     """
     disc = 0.22 * pitch
     hh = (pitch - disc) / 2  # half-height of a body
@@ -50,8 +53,8 @@ def paint_vertebra(cv: Canvas, hu, zi: float, ys: float, scale: float, pitch: fl
     cv.paint_sd(box, lambda z, y, x: np.maximum(body(z - pitch / 2, y, x, shrink=1.0), np.abs(z - zi - pitch / 2) - disc / 2),
                 Tissue.DISC, hu[Tissue.DISC])
     cv.paint_sd(box, body, Tissue.CORTICAL, hu[Tissue.CORTICAL])
-    cv.paint_sd(box, lambda z, y, x: body(z, y, x, shrink=2.5), Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS])
-    cv.paint_sd(box, ring, Tissue.CORTICAL, 0.85 * hu[Tissue.CORTICAL])
+    cv.paint_sd(box, lambda z, y, x: body(z, y, x, shrink=cortex_mm), Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS])
+    cv.paint_sd(box, ring, Tissue.CORTICAL, posterior_fraction * hu[Tissue.CORTICAL])
     cv.paint_sd(box, lambda z, y, x: np.maximum(np.sqrt((y - yc) ** 2 + x**2) - CANAL_R, np.abs(z - zi) - pitch / 2),
                 Tissue.CORD, hu[Tissue.CORD])
     return yc
@@ -68,17 +71,18 @@ def process_tubes(zi: float, yc: float, pitch: float, spinous_slope: float, spin
     return tubes
 
 
-def paint_spine(cv: Canvas, b: Body, hu):
+def paint_spine(cv: Canvas, b: Body, hu, build: BoneBuild):
     pitch = b.p.vertebra_pitch
     processes = []
     for i in LEVELS:
         zi = level_z(b, i)
         # Bodies grow from ~ 25 × 17 mm (C) to ~ 45 × 33 mm (L) in width × depth.
         sc = 0.7 + 0.6 * float(np.clip((i + 7) / 24.0, 0.0, 1.0))
-        yc = paint_vertebra(cv, hu, zi, float(b.spine_y(zi)), sc, pitch)
+        yc = paint_vertebra(cv, hu, zi, float(b.spine_y(zi)), sc, pitch, cortex_mm=build.vertebra_cortex_mm,
+                            posterior_fraction=build.posterior_fraction)
         # Thoracic spinous processes slope steeply down over the next level; transverse
         # processes are long in the thorax (rib tubercles), short in the neck and lumbar spine.
         thoracic = 0 <= i < 12
         processes += process_tubes(zi, yc, pitch, spinous_slope=0.9 if thoracic else 0.3, spinous_tip=26.0,
                                    transverse_reach=30.0 if thoracic else 22.0)
-    cv.paint_tubes(processes, [(Tissue.CORTICAL, 0.85 * hu[Tissue.CORTICAL], 0.0)])
+    cv.paint_tubes(processes, [(Tissue.CORTICAL, build.posterior_fraction * hu[Tissue.CORTICAL], 0.0)])

@@ -4,6 +4,9 @@ contrast, heart chambers and great vessels, two domes and the upper abdomen, lun
 rare devices). The same painting machinery as v1 (`canvas`, `shapes`): analytic shapes in
 mm with partial-volume edges, so one seed gives the same anatomy at any resolution, and a
 grid with a margin holds the margin-free grid exactly in its centre.
+
+Version 3 is this anatomy, seed for seed, with the skeleton built to the published cortex
+thicknesses and trabecular HU (`skeleton`): about half of v2's bone mass.
 """
 from __future__ import annotations
 
@@ -12,10 +15,11 @@ import numpy as np
 from . import abdomen, coverage, disease, habitus, limbs, lungs, mediastinum, ribs, spine
 from .canvas import Canvas
 from .params import PhantomParamsV2
+from .skeleton import V2_BONES, V3_BONES, BoneBuild
 from .tissues import TEXTURE_HU_V2, Tissue
 
 
-def chest_phantom_v2(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
+def chest_phantom_v2(size: int, seed: int, fov_mm: float, margin=(0, 0, 0), build: BoneBuild = V2_BONES):
     """(hu, labels), each (size + 2 md, size + 2 mh, size + 2 mw): see `chest_phantom`."""
     rng = np.random.default_rng(seed)
     p = PhantomParamsV2.draw(rng)
@@ -27,7 +31,7 @@ def chest_phantom_v2(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
     texture_rng = np.random.default_rng(rng.integers(2**63))
     shift = (p.shift_mm[0], p.shift_mm[1] + b.centring_shift(), p.shift_mm[2])
     cv = Canvas(size, fov_mm, p.rotation_deg, shift, margin)
-    hu = p.hu
+    hu = build.tissue_hu(p.hu)
     coverage.paint_table(cv, b, hu)
     limbs.paint_arms(cv, b, hu)
     habitus.paint_body(cv, b, hu)
@@ -40,9 +44,9 @@ def chest_phantom_v2(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
     heart = mediastinum.Heart(b)
     mediastinum.paint_heart(cv, b, hu, heart)
     mediastinum.paint_great_vessels(cv, b, hu, heart)
-    spine.paint_spine(cv, b, hu)
-    ribs.paint_ribs_and_sternum(cv, b, hu)
-    limbs.paint_arm_bones(cv, b, hu)
+    spine.paint_spine(cv, b, hu, build)
+    ribs.paint_ribs_and_sternum(cv, b, hu, build)
+    limbs.paint_arm_bones(cv, b, hu, build)
     disease.paint_devices(cv, b, hu, heart)
     amp = np.zeros(len(Tissue), np.float32)
     for t, a in TEXTURE_HU_V2.items():
@@ -51,3 +55,8 @@ def chest_phantom_v2(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
     coverage.truncate(cv, b)
     np.clip(cv.hu, -1024.0, 3071.0, out=cv.hu)
     return cv.hu, cv.lab
+
+
+def chest_phantom_v3(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
+    """v2's anatomy for the seed with the skeleton of `skeleton.V3_BONES`: see `chest_phantom`."""
+    return chest_phantom_v2(size, seed, fov_mm, margin, build=V3_BONES)
