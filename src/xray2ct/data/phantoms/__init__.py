@@ -4,7 +4,7 @@
 the bundled weights' data, byte-identical per seed), version 2 the default (adult habitus,
 arms, scan coverage, couch, contrast, chambers, abdomen, disease, devices), version 3 v2's
 anatomy seed for seed with a skeleton of published cortex thicknesses and trabecular HU
-(`skeleton`: about half of v2's bone mass, as real chest CTs have).
+(`skeleton`: 0.7 of v2's bone mass; two real chest CTs hold about half).
 
 Modules, bottom-up: `tissues` (labels, HU tables), `shapes` (signed distances in mm),
 `canvas` (the grid, partial-volume painting, batched tubes); v2's `params` (the

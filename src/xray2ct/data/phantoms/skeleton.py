@@ -7,7 +7,8 @@ posterior elements and scapulae of solid cortical bone. Two real chest CTs prepa
 (`docs/RESULTS.md`, *Bone mass*) hold about half of v2's bone excess over soft tissue, at
 the spine and at the chest wall alike, and a network trained on v2 paints a bright spine and
 rib ring into them. Version 3 builds the same anatomy (the same random draws, seed for seed)
-with the published thicknesses:
+with the published thicknesses, which leave 0.7 of v2's bone mass (HU above 60 around the
+bones at 64³; the rest of the way to those two CTs, whose patients may be old, is not taken):
 
 - rib cortex about 1 mm (0.5–1.5 mm over a rib's section; Choi & Kwak, Ann Rehabil Med
   2011; Holcombe et al., J Biomech 2019);
