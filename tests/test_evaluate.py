@@ -123,8 +123,11 @@ def test_default_out_folder_and_cli_table(setup):
     out = ckpt.parent / "eval_test"  # beside the checkpoint, named after the split
     summary = json.loads((out / "summary.json").read_text())
     assert summary["split"] == "test" and summary["n_cases"] == len(json.loads((data / "splits.json").read_text())["test"])
-    assert "x2ct_ssim" in res.output and "X2CT-GAN" in res.output
+    assert "x2ct_ssim" in res.output and "X2CT-GAN" in res.output and "test split" in res.output
     assert not (out / "montages").exists()
+    every = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(ckpt.parent), "--data", str(data), "--split", "all",
+                                     "--device", "cpu", "--montages", "0", "--no-refine"])
+    assert every.exit_code == 0 and "all split" in every.output and "None split" not in every.output, every.output
 
 
 def test_report_has_every_case_and_the_summary(setup, tmp_path):

@@ -160,7 +160,7 @@ def evaluate(
     result = run_evaluation(checkpoint, data, split=None if split == "all" else split, out=out, device=device,
                             batch_size=batch_size, montages=montages, progress=True, report=report,
                             refine=refine, views=views)
-    t = Table("metric", "protocol", "mean", "std", "95% CI", "n", title=f"{result.summary['split']} split, "
+    t = Table("metric", "protocol", "mean", "std", "95% CI", "n", title=f"{result.summary['split'] or 'all'} split, "
               f"{result.summary['n_cases']} case(s)")
     for name, s in result.summary["metrics"].items():
         unit = f" {METRICS[name][1]}" if METRICS[name][1] else ""

