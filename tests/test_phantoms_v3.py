@@ -48,3 +48,14 @@ def test_v3_keeps_the_generator_contract():
     wide = chest_phantom(24, 5, version=3, margin=(2, 3, 4))
     np.testing.assert_array_equal(wide[2:26, 3:27, 4:28], a)
     assert np.isfinite(a).all() and a.min() >= -1024 and a.max() <= 3071
+
+
+def test_the_refine_suite_films_the_family_it_is_given():
+    import torch
+
+    from xray2ct.refine_suite import fresh_cases
+
+    (x2, t2), = fresh_cases(1, 5, 16, 32)
+    (x3, t3), = fresh_cases(1, 5, 16, 32, version=3)
+    assert not torch.equal(t2, t3) and t3.sum() < t2.sum()  # the same patient with less bone
+    assert not torch.equal(x2, x3)  # ... which its films show

@@ -27,8 +27,9 @@ def phantoms(
     seed: int = typer.Option(0, help="Dataset seed; the same seed gives the same phantoms."),
     xray_size: int = typer.Option(256, min=16, help="DRR detector size in pixels."),
     workers: int = typer.Option(1, min=1, help="Processes writing cases in parallel (same dataset for any number)."),
-    version: int = typer.Option(2, "--version", help="Phantom generator: 1 (one tidy torso, the bundled weights' "
-                                "data) or 2 (adult habitus, arms, scan coverage, table, contrast, disease)."),
+    version: int = typer.Option(2, "--version", help="Phantom generator: 1 (one tidy torso, the first weights' "
+                                "data), 2 (adult habitus, arms, scan coverage, table, contrast, disease; the bundled "
+                                "weights' data) or 3 (v2's anatomy with a skeleton of published cortex thickness)."),
 ):
     """Generate procedural chest phantoms with their PA and lateral DRRs, plus splits.json."""
     from xray2ct.data.phantoms import VERSIONS
