@@ -125,8 +125,8 @@ def test_default_out_folder_and_cli_table(setup):
     assert summary["split"] == "test" and summary["n_cases"] == len(json.loads((data / "splits.json").read_text())["test"])
     assert "x2ct_ssim" in res.output and "X2CT-GAN" in res.output and "test split" in res.output
     assert not (out / "montages").exists()
-    every = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(ckpt.parent), "--data", str(data), "--split", "all",
-                                     "--device", "cpu", "--montages", "0", "--no-refine"])
+    every = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(ckpt.parent), "--data", str(data),
+                                     "--split", "all", "--device", "cpu", "--montages", "0", "--no-refine"])
     assert every.exit_code == 0 and "all split" in every.output and "None split" not in every.output, every.output
 
 

@@ -54,8 +54,8 @@ def test_a_real_chest_ct_is_prepared_as_a_chest(chest_ct, tmp_path):
 def test_bundled_weights_on_a_real_chest_ct(chest_ct, tmp_path):
     from xray2ct.cli import app
 
-    runner = CliRunner()
-    assert runner.invoke(app, ["prepare", "--ct", str(chest_ct), "--out", str(tmp_path / "d"), "--size", "32"]).exit_code == 0
+    prepared = CliRunner().invoke(app, ["prepare", "--ct", str(chest_ct), "--out", str(tmp_path / "d"), "--size", "32"])
+    assert prepared.exit_code == 0, prepared.output
     from xray2ct.engine.evaluate import evaluate
     from xray2ct.engine.inference import default_checkpoint
 

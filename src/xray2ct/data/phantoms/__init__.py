@@ -1,10 +1,11 @@
 """Procedural chest CT phantoms: HU volumes (and tissue labels) with random anatomy.
 
 `chest_phantom(size, seed, version=2)`; version 1 is the first generator (one tidy torso,
-the bundled weights' data, byte-identical per seed), version 2 the default (adult habitus,
+the first weights' data, byte-identical per seed), version 2 the default (adult habitus,
 arms, scan coverage, couch, contrast, chambers, abdomen, disease, devices), version 3 v2's
 anatomy seed for seed with a skeleton of published cortex thicknesses and trabecular HU
-(`skeleton`: 0.7 of v2's bone mass; two real chest CTs hold about half).
+(`skeleton`: 0.7 of v2's bone mass; two real chest CTs hold about half; weights trained on
+it did better on phantoms and worse on those CTs, so the bundled weights' data stays v2).
 
 Modules, bottom-up: `tissues` (labels, HU tables), `shapes` (signed distances in mm),
 `canvas` (the grid, partial-volume painting, batched tubes); v2's `params` (the

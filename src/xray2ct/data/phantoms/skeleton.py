@@ -3,17 +3,18 @@ posterior vertebral elements and scapulae, and the trabecular HU.
 
 At the 5–10 mm voxels the model sees, a bone is its mass: cortex thickness × cortical HU,
 plus the marrow's HU over its core. Version 2 built every cortex 2.3–2.5 mm thick and the
-posterior elements and scapulae of solid cortical bone. Two real chest CTs prepared at 32³
-(`docs/RESULTS.md`, *Bone mass*) hold about half of v2's bone excess over soft tissue, at
+posterior elements and scapulae of solid cortical bone. Two real chest CTs cut as `prepare`
+cuts them (`docs/RESULTS.md`, *Bone mass*) hold about half of v2's bone excess over soft tissue, at
 the spine and at the chest wall alike, and a network trained on v2 paints a bright spine and
 rib ring into them. Version 3 builds the same anatomy (the same random draws, seed for seed)
 with the published thicknesses, which leave 0.7 of v2's bone mass (HU above 60 around the
 bones at 64³; the rest of the way to those two CTs, whose patients may be old, is not taken):
 
-- rib cortex about 1 mm (0.5–1.5 mm over a rib's section; Choi & Kwak, Ann Rehabil Med
-  2011; Holcombe et al., J Biomech 2019);
-- vertebral body shell 0.4–0.7 mm (Silva et al., J Bone Miner Res 1994), drawn 1 mm to
-  keep the shell at 5 mm voxels;
+- rib cortex about 1 mm: the thickest, mid-rib pleural aspect peaks at 0.9–2.6 mm (mean
+  1.4 mm) over adults, the rest is thinner, and cortices thin with age (Holcombe et al.,
+  J Anat 2019; Holcombe & Derstine, J Anat 2022);
+- vertebral body shell under 1 mm (Silva et al., Bone 1994), drawn 1 mm to keep the shell
+  at 5 mm voxels;
 - the sternum's shell as thin as the ribs';
 - pedicles, laminae and processes: thin cortices over trabecular bone, so their mean is
   nearer 500 HU than solid cortical bone;
