@@ -30,14 +30,22 @@ def chest_ct() -> Path:
     return folder
 
 
-def test_a_real_chest_ct_is_prepared_as_a_chest(chest_ct, tmp_path):
+@pytest.fixture(scope="module")
+def prepared(chest_ct, tmp_path_factory) -> Path:
+    """The CT as `xray2ct prepare --size 32` makes it a case (once for the module's tests)."""
     from xray2ct.cli import app
+
+    out = tmp_path_factory.mktemp("real_ct") / "d"
+    result = CliRunner().invoke(app, ["prepare", "--ct", str(chest_ct), "--out", str(out), "--size", "32"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_a_real_chest_ct_is_prepared_as_a_chest(prepared):
     from xray2ct.data import layout
     from xray2ct.data.ctio import load_volume
 
-    result = CliRunner().invoke(app, ["prepare", "--ct", str(chest_ct), "--out", str(tmp_path / "d"), "--size", "32"])
-    assert result.exit_code == 0, result.output
-    hu, spacing = load_volume(layout.volume_path(tmp_path / "d", "Lung_Dx-A0001"))
+    hu, spacing = load_volume(layout.volume_path(prepared, "Lung_Dx-A0001"))
     assert hu.shape == (32,) * 3 and spacing == (10.0, 10.0, 10.0)
     # Axes (d, h, w) = head→feet, anterior→posterior, right→left: the lungs either side of the
     # mediastinum, the spine behind it, the couch under the back.
@@ -51,15 +59,11 @@ def test_a_real_chest_ct_is_prepared_as_a_chest(chest_ct, tmp_path):
     assert rows.min() >= 1 and abs((rows.min() + rows.max()) / 2 - 15.5) <= 3.5, rows
 
 
-def test_bundled_weights_on_a_real_chest_ct(chest_ct, tmp_path):
-    from xray2ct.cli import app
-
-    prepared = CliRunner().invoke(app, ["prepare", "--ct", str(chest_ct), "--out", str(tmp_path / "d"), "--size", "32"])
-    assert prepared.exit_code == 0, prepared.output
+def test_bundled_weights_on_a_real_chest_ct(prepared, tmp_path):
     from xray2ct.engine.evaluate import evaluate
     from xray2ct.engine.inference import default_checkpoint
 
-    res = evaluate(default_checkpoint(), tmp_path / "d", split=None, out=tmp_path / "e", device="cpu", progress=False,
+    res = evaluate(default_checkpoint(), prepared, split=None, out=tmp_path / "e", device="cpu", progress=False,
                    montages=0)
     (row,) = res.per_case
     assert row["id"] == "Lung_Dx-A0001" and row["refined"] == 1
