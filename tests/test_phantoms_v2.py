@@ -182,8 +182,8 @@ def test_parameter_distribution():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="valid: 1, 2, 3"):
-        chest_phantom(size=16, version=4)
+    with pytest.raises(ValueError, match="valid: 1, 2, 3, 4"):
+        chest_phantom(size=16, version=5)
     with pytest.raises(ValueError, match="margin"):
         chest_phantom(size=16, margin=-1)
     with pytest.raises(ValueError, match="margin"):
@@ -202,7 +202,7 @@ def test_cli_version(tmp_path):
 
     runner = CliRunner()
     args = ["phantoms", "--n", "1", "--size", "16", "--xray-size", "16", "--seed", "2"]
-    for version in (1, 2, 3):
+    for version in (1, 2, 3, 4):
         out = tmp_path / f"v{version}"
         result = runner.invoke(app, args + ["--out", str(out), "--version", str(version)])
         assert result.exit_code == 0, result.output
@@ -210,7 +210,7 @@ def test_cli_version(tmp_path):
         expected = chest_phantom(size=16, seed=2 * SEED_STRIDE, version=version)
         assert np.abs(hu - expected).max() <= 0.5  # saved as integer HU
     bad = runner.invoke(app, args + ["--out", str(tmp_path / "bad"), "--version", "7"])
-    assert bad.exit_code != 0 and "valid: 1, 2, 3" in bad.output
+    assert bad.exit_code != 0 and "valid: 1, 2, 3, 4" in bad.output
 
 
 def test_realism_measurements_and_report(tmp_path):

@@ -5,13 +5,15 @@ the first weights' data, byte-identical per seed), version 2 the default (adult 
 arms, scan coverage, couch, contrast, chambers, abdomen, disease, devices), version 3 v2's
 anatomy seed for seed with a skeleton of published cortex thicknesses and trabecular HU
 (`skeleton`: 0.7 of v2's bone mass; two real chest CTs hold about half; weights trained on
-it did better on phantoms and worse on those CTs, so the bundled weights' data stays v2).
+it did better on phantoms and worse on those CTs, so the bundled weights' data stays v2),
+version 4 v2's anatomy seed for seed through a smooth random warp (`warp`: shapes beyond the
+parameters' family, painted at twice the resolution and averaged down).
 
 Modules, bottom-up: `tissues` (labels, HU tables), `shapes` (signed distances in mm),
 `canvas` (the grid, partial-volume painting, batched tubes); v2's `params` (the
 distribution), `habitus` (outline, landmarks), `limbs`, `lungs`, `mediastinum`, `abdomen`,
 `spine`, `ribs`, `skeleton` (how densely bone is built), `disease`, `coverage` (scan range,
-reconstruction circle, couch), `v2` (and v3);
+reconstruction circle, couch), `warp` (a smooth random deformation), `v2` (and v3, v4);
 `v1` (it borrows the vessel trees, airways, ribs and vertebrae of `lungs`, `ribs`, `spine`).
 """
 from __future__ import annotations
@@ -24,9 +26,9 @@ from .canvas import margins
 from .tissues import Tissue
 from .params import PhantomParamsV2
 from .v1 import PhantomParams, chest_phantom_v1
-from .v2 import chest_phantom_v2, chest_phantom_v3
+from .v2 import chest_phantom_v2, chest_phantom_v3, chest_phantom_v4
 
-GENERATORS = {1: chest_phantom_v1, 2: chest_phantom_v2, 3: chest_phantom_v3}
+GENERATORS = {1: chest_phantom_v1, 2: chest_phantom_v2, 3: chest_phantom_v3, 4: chest_phantom_v4}
 VERSIONS = tuple(GENERATORS)
 
 __all__ = ["GENERATORS", "PhantomParams", "PhantomParamsV2", "Tissue", "VERSIONS", "chest_phantom",

@@ -6,9 +6,13 @@ mm with partial-volume edges, so one seed gives the same anatomy at any resoluti
 grid with a margin holds the margin-free grid exactly in its centre.
 
 Version 3 is this anatomy, seed for seed, with the skeleton built to the published cortex
-thicknesses and trabecular HU (`skeleton`): 0.7 of v2's bone mass at 64³.
+thicknesses and trabecular HU (`skeleton`): 0.7 of v2's bone mass at 64³. Version 4 is this
+anatomy, seed for seed, deformed by a smooth random warp (`warp`): shapes beyond the
+parameters' family.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -17,10 +21,13 @@ from .canvas import Canvas
 from .params import PhantomParamsV2
 from .skeleton import V2_BONES, V3_BONES, BoneBuild
 from .tissues import TEXTURE_HU_V2, Tissue
+from .warp import Warp, apply, downsample
 
 
-def chest_phantom_v2(size: int, seed: int, fov_mm: float, margin=(0, 0, 0), build: BoneBuild = V2_BONES):
-    """(hu, labels), each (size + 2 md, size + 2 mh, size + 2 mw): see `chest_phantom`."""
+def chest_phantom_v2(size: int, seed: int, fov_mm: float, margin=(0, 0, 0), build: BoneBuild = V2_BONES,
+                     warp: Warp | None = None):
+    """(hu, labels), each (size + 2 md, size + 2 mh, size + 2 mw): see `chest_phantom`.
+    warp: deform the painted patient (and couch) before the scanner's cut (`chest_phantom_v4`)."""
     rng = np.random.default_rng(seed)
     p = PhantomParamsV2.draw(rng)
     b = habitus.Body(p)
@@ -52,6 +59,8 @@ def chest_phantom_v2(size: int, seed: int, fov_mm: float, margin=(0, 0, 0), buil
     for t, a in TEXTURE_HU_V2.items():
         amp[t] = a
     cv.hu += amp[cv.lab] * cv.texture(texture_rng)
+    if warp is not None:
+        cv.hu, cv.lab = apply(cv.hu, cv.lab, cv.axes, warp)
     coverage.truncate(cv, b)
     np.clip(cv.hu, -1024.0, 3071.0, out=cv.hu)
     return cv.hu, cv.lab
@@ -60,3 +69,16 @@ def chest_phantom_v2(size: int, seed: int, fov_mm: float, margin=(0, 0, 0), buil
 def chest_phantom_v3(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
     """v2's anatomy for the seed with the skeleton of `skeleton.V3_BONES`: see `chest_phantom`."""
     return chest_phantom_v2(size, seed, fov_mm, margin, build=V3_BONES)
+
+
+def chest_phantom_v4(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
+    """v2's anatomy for the seed through the seed's smooth random warp (`warp`), painted at
+    twice the resolution with a pad the warp may reach into, and averaged down: see `chest_phantom`."""
+    w = Warp.draw(seed)
+    vox = fov_mm / size
+    axes = [(np.arange(size + 2 * m) - m - (size - 1) / 2) * vox for m in margin]
+    reach = float(np.abs(w.displacement(*np.meshgrid(*axes, indexing="ij", sparse=True))).max())
+    pad = math.ceil(reach / vox) + 1  # D moves < 1 voxel between neighbouring voxel centres
+    hu, lab = downsample(*chest_phantom_v2(2 * size, seed, fov_mm, tuple(2 * (m + pad) for m in margin), warp=w))
+    inner = (slice(pad, -pad),) * 3
+    return np.ascontiguousarray(hu[inner]), np.ascontiguousarray(lab[inner])
