@@ -3,10 +3,10 @@
 The v2 generator draws ~60 parameters, so its lungs, heart and outline are one family of
 shapes. A network trained on it learns that family: on phantoms deformed by a smooth warp
 of 10-20 mm it predicts lung edges and the outline too dense and loses 1-4 dB, the pattern
-it shows on real chest CTs (docs/RESULTS.md, *Warped phantoms*). Version 4 is v2's anatomy,
+it shows on real chest CTs (docs/RESULTS.md, *Why real CTs score lower*). Version 4 is v2's anatomy,
 seed for seed, seen through such a warp: the painted volume v is resampled as
 v_warped(p) = v(p + D(p)), with D a sum of a few random plane waves per axis (wavelengths
-160-480 mm, an amplitude of 0-15 mm std drawn per phantom) and D(0) = 0, so the body stays
+200-500 mm, an amplitude of 0-12 mm drawn per phantom) and D(0) = 0, so the body stays
 centred as `prepare` centres a patient.
 
 D is a function of world mm only, so the warp is the same at any resolution. The anatomy is
@@ -61,9 +61,6 @@ class Warp:
                 out[a] -= math.cos(phase)
         return scale * out
 
-    def reach_mm(self) -> float:
-        """A bound on |D| along any axis: how far outside a grid the warp may look."""
-        return 2 * self.amplitude_mm * math.sqrt(2.0 / WAVES) * WAVES
 
 
 def apply(hu: np.ndarray, lab: np.ndarray, axes, warp: Warp, air_hu: float = -1000.0) -> tuple[np.ndarray, np.ndarray]:
