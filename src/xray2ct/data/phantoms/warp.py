@@ -13,7 +13,8 @@ D is a function of world mm only, so the warp is the same at any resolution. The
 painted at twice the resolution, warped there (trilinear) and averaged down 2x2x2, which
 keeps partial-volume edges as sharp as an unwarped phantom's; the painted grid carries an
 extra pad that covers the largest displacement, so a grid with a margin still holds the
-margin-free grid exactly in its centre. The warp moves the anatomy and the couch alike; the
+margin-free grid in its centre (to a fraction of a HU: float32 voxel positions differ in
+the last bit between grids). The warp moves the anatomy and the couch alike; the
 scan range and reconstruction circle are cut afterwards, in the scanner's frame.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 WAVES = 4  # plane waves per displacement axis
 WAVELENGTH_MM = (200.0, 500.0)
-AMPLITUDE_MM = (0.0, 12.0)  # std of each displacement component, drawn per phantom
+AMPLITUDE_MM = (0.0, 12.0)  # scale of each displacement component (about its std), drawn per phantom
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,6 @@ class Warp:
                 out[a] += (np.cos(kd * d) * np.cos(inplane) - np.sin(kd * d) * np.sin(inplane)).astype(np.float32)
                 out[a] -= math.cos(phase)
         return scale * out
-
 
 
 def apply(hu: np.ndarray, lab: np.ndarray, axes, warp: Warp, air_hu: float = -1000.0) -> tuple[np.ndarray, np.ndarray]:
