@@ -23,6 +23,13 @@ def margins(margin) -> tuple[int, int, int]:
     return tuple(int(v) for v in m)
 
 
+def voxel_axes(size: int, fov_mm: float, margin=(0, 0, 0)) -> list[np.ndarray]:
+    """Voxel centres, world mm (origin at the centre of the size³ cube), per axis (d, h, w):
+    size + 2 m each, the margin voxels continuing the same spacing."""
+    vox = fov_mm / size
+    return [((np.arange(size + 2 * m) - m - (size - 1) / 2) * vox).astype(np.float32) for m in margin]
+
+
 class Canvas:
     """HU and label volumes of shape (size + 2 md, size + 2 mh, size + 2 mw) plus the
     patient→world placement (world origin at the centre of the size³ cube)."""
@@ -30,8 +37,7 @@ class Canvas:
     def __init__(self, size: int, fov_mm: float, rotation_deg: float, shift_mm, margin=(0, 0, 0),
                  air_hu: float = -1000.0):
         self.vox = fov_mm / size  # mm per voxel, isotropic
-        # Voxel centres, world mm, per axis (d, h, w); margin voxels continue the same spacing.
-        self.axes = [((np.arange(size + 2 * m) - m - (size - 1) / 2) * self.vox).astype(np.float32) for m in margin]
+        self.axes = voxel_axes(size, fov_mm, margin)
         shape = tuple(len(a) for a in self.axes)
         self.hu = np.full(shape, air_hu, np.float32)
         self.lab = np.zeros(shape, np.uint8)

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from . import abdomen, coverage, disease, habitus, limbs, lungs, mediastinum, ribs, spine
-from .canvas import Canvas
+from .canvas import Canvas, voxel_axes
 from .params import PhantomParamsV2
 from .skeleton import V2_BONES, V3_BONES, BoneBuild
 from .tissues import TEXTURE_HU_V2, Tissue
@@ -76,7 +76,7 @@ def chest_phantom_v4(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
     twice the resolution with a pad the warp may reach into, and averaged down: see `chest_phantom`."""
     w = Warp.draw(seed)
     vox = fov_mm / size
-    axes = [(np.arange(size + 2 * m) - m - (size - 1) / 2) * vox for m in margin]
+    axes = voxel_axes(size, fov_mm, margin)
     reach = float(np.abs(w.displacement(*np.meshgrid(*axes, indexing="ij", sparse=True))).max())
     pad = math.ceil(reach / vox) + 1  # D moves < 1 voxel between neighbouring voxel centres
     hu, lab = downsample(*chest_phantom_v2(2 * size, seed, fov_mm, tuple(2 * (m + pad) for m in margin), warp=w))
