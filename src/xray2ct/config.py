@@ -232,8 +232,6 @@ class RefineConfig:
     #   placement error is about a voxel, and a patient shift smaller than that blurs little
     shift_min_gain: float = 1.6  # ... and a shift must explain the coarse images this many times better than none
     shift_max_mm: float = 40.0  # a shift is clamped to this (the training acquisitions' offsets reach 30 mm)
-    turn_min_deg: float = 1.5  # a turn about the vertical axis below this is left to the volume
-    turn_max_deg: float = 8.0  # ... and one is clamped to this (0: never fit a turn; fitted with a frontal and a lateral film)
     relift: bool = True  # with a shift found, run the network again lifting where the films show the patient
     # ... also below shift_min_mm: where the raw fitted placement (gates off) reaches relift_min_mm, for up to
     # relift_rounds passes, each kept only when its refinement explains the films better (a network that
@@ -464,9 +462,6 @@ def validate_config(cfg: Config, source: str = "<config>") -> None:
     need(r.shift_steps >= 0 and 0 <= r.shift_min_mm <= r.shift_max_mm and 0 < r.shift_max_mm <= 200,
          f"need refine.shift_steps ({r.shift_steps}) >= 0 and 0 <= refine.shift_min_mm ({r.shift_min_mm}) "
          f"<= refine.shift_max_mm ({r.shift_max_mm}), which is in (0, 200] mm (it pads the refined grid)")
-    need(0 <= r.turn_min_deg and 0 <= r.turn_max_deg <= 20,
-         f"need 0 <= refine.turn_min_deg ({r.turn_min_deg}) and refine.turn_max_deg ({r.turn_max_deg}) in [0, 20] "
-         "degrees (0: no turn fitted)")
 
     _check_bounds(cfg, need)
     if errors:

@@ -30,68 +30,39 @@ def pad_voxels(max_shift_mm: float, geometry: Geometry) -> int:
     return int(math.ceil(max_shift_mm / min(geometry.voxel_mm[1:]))) + 1
 
 
-def corner_mm(geometry: Geometry) -> float:
-    """Distance from the vertical (d) axis to the volume's farthest corner, mm: how far a turn reaches."""
-    return math.hypot(geometry.volume_shape[1] * geometry.voxel_mm[1], geometry.volume_shape[2] * geometry.voxel_mm[2]) / 2
-
-
 def padded(geometry: Geometry, pad: int) -> Geometry:
     """The geometry of the volume padded by `pad` voxels on each side of h and w."""
     d, h, w = geometry.volume_shape
     return dataclasses.replace(geometry, volume_shape=(d, h + 2 * pad, w + 2 * pad))
 
 
-def shifted(volume: torch.Tensor, shift_mm: torch.Tensor, geometry: Geometry, pad: int,
-            turn_deg: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, 1, D, H, W) patient frame, shift (B, 3) or (3,) mm as (d, h, w), turn (B,) or () degrees
-    -> (B, 1, D, H+2p, W+2p) room frame.
+def shifted(volume: torch.Tensor, shift_mm: torch.Tensor, geometry: Geometry, pad: int) -> torch.Tensor:
+    """(B, 1, D, H, W) patient frame, shift (B, 3) or (3,) mm as (d, h, w) -> (B, 1, D, H+2p, W+2p) room frame.
 
-    The patient's point x appears at R x + shift, R turning the patient about the vertical (d)
-    axis through the volume's centre: a positive turn brings the patient's left side forward
-    (+w towards -h), as `scipy.ndimage.rotate(hu, turn, axes=(1, 2))` turns an array. Differentiable
-    in the volume, the shift and the turn.
+    The patient's point x appears at x + shift. Differentiable in both the volume and the shift.
     """
     out = F.pad(volume, (pad, pad, pad, pad, 0, 0))  # air (0) across the beam
     d, h, w = out.shape[2:]
-    dtype, device = volume.dtype, volume.device
     half = torch.tensor([w * geometry.voxel_mm[2], h * geometry.voxel_mm[1], d * geometry.voxel_mm[0]],
-                        dtype=dtype, device=device) / 2  # (x, y, z) = (w, h, d), mm
-    shift = shift_mm.to(dtype).reshape(-1, 3).flip(-1)  # (B or 1, 3) as (x, y, z) mm
-    # affine_grid maps each output (room) point to the input (patient) point it samples,
-    # R^T (x - shift), in the [-1, 1] coordinates of the grid: theta = H^-1 R^T [H | -shift].
-    if turn_deg is None:
-        turn_back = torch.eye(3, dtype=dtype, device=device).expand(shift.shape[0], 3, 3)
-    else:
-        a = torch.deg2rad(turn_deg.to(dtype).reshape(-1))  # (B or 1,)
-        c, s, zero, one = torch.cos(a), torch.sin(a), torch.zeros_like(a), torch.ones_like(a)
-        # R^T in (x, y, z): R takes (x, y) = (w, h) to (c x + s y, -s x + c y)
-        turn_back = torch.stack([torch.stack([c, -s, zero], -1), torch.stack([s, c, zero], -1),
-                                 torch.stack([zero, zero, one], -1)], -2)  # (B or 1, 3, 3)
-    linear = turn_back * half[None, None, :] / half[None, :, None]  # H^-1 R^T H
-    move = -(turn_back @ shift[..., None])[..., 0] / half  # -H^-1 R^T shift
-    n = max(len(linear), len(move))
-    theta = torch.cat([linear.expand(n, 3, 3), move.expand(n, 3)[:, :, None]], dim=2).expand(out.shape[0], 3, 4)
+                        dtype=volume.dtype, device=volume.device) / 2  # (x, y, z) = (w, h, d), mm
+    # affine_grid maps each output (room) point to the input (patient) point it samples: x - shift,
+    # in the [-1, 1] coordinates of the grid.
+    move = -shift_mm.to(volume.dtype).reshape(-1, 3).flip(-1) / half  # (B or 1, 3) as (w, h, d)
+    eye = torch.eye(3, dtype=volume.dtype, device=volume.device).expand(move.shape[0], 3, 3)
+    theta = torch.cat([eye, move[:, :, None]], dim=2).expand(out.shape[0], 3, 4)
     grid = F.affine_grid(theta, list(out.shape), align_corners=False)
     # border: the padded air across the beam, and the first / last slice continued along d
     return F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def in_room(volume: torch.Tensor, geometry: Geometry, shift_mm: torch.Tensor | None,
-            max_shift_mm: float | None = None, turn_deg: torch.Tensor | None = None) -> tuple[torch.Tensor, Geometry]:
-    """The patient-frame volume as the films saw it, shifted by shift_mm (B, 3) and turned by
-    turn_deg (B,), and its geometry; unchanged (no padding, today's exact path) when there is
-    neither. A turn pads as for a shift of the corners' move (at most ~0.7 voxel per degree on 32³)."""
-    turned = turn_deg is not None and bool(turn_deg.any())
-    if (shift_mm is None or not bool(shift_mm.any())) and not turned:
+            max_shift_mm: float | None = None) -> tuple[torch.Tensor, Geometry]:
+    """The patient-frame volume as the films saw it, shifted by shift_mm (B, 3), and its
+    geometry; unchanged (no padding, today's exact path) when there is no shift."""
+    if shift_mm is None or not bool(shift_mm.any()):
         return volume, geometry
-    if shift_mm is None:
-        shift_mm = torch.zeros(volume.shape[0], 3)
-    reach = max_shift_mm or float(shift_mm.abs().max())
-    if turned:  # the cube's corners move by up to r·|turn| across the beam
-        reach += corner_mm(geometry) * math.radians(float(turn_deg.abs().max()))
-    pad = pad_voxels(reach, geometry)
-    return shifted(volume, shift_mm.to(volume.device), geometry, pad,
-                   turn_deg.to(volume.device) if turned else None), padded(geometry, pad)
+    pad = pad_voxels(max_shift_mm or float(shift_mm.abs().max()), geometry)
+    return shifted(volume, shift_mm.to(volume.device), geometry, pad), padded(geometry, pad)
 
 
 def placed(geometry: Geometry, shift_mm: torch.Tensor) -> Geometry:

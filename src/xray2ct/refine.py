@@ -49,7 +49,6 @@ in the patient's frame, seen by the films through the shift: v* as above with P_
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -61,7 +60,7 @@ from xray2ct.errors import UserError
 from xray2ct.geometry import Geometry, get_view
 from xray2ct.physics.hu import hu_to_mu, unit_to_hu
 from xray2ct.physics.projector import project
-from xray2ct.pose import corner_mm, in_room, pad_voxels, padded, shifted
+from xray2ct.pose import in_room, pad_voxels, padded, shifted
 
 
 class RefineError(UserError, ValueError):
@@ -81,8 +80,6 @@ class RefineResult:
     shift_mm: torch.Tensor | None = None  # (B, 3) where the films show the patient, (d, h, w) mm from the
     #   volume's centre; None: not fitted (all zero: centred within shift_min_mm)
     fitted_mm: torch.Tensor | None = None  # (B, 3) the same fit before its gates (where relifting may look)
-    turn_deg: torch.Tensor | None = None  # (B,) the patient's turn about the vertical axis the films show
-    #   (`pose.shifted`: + brings the left side forward); None: not fitted or under turn_min_deg
     prior_weight: float = 0.0  # λ the kept run used
     unexplained: float = 0.0  # image error left at the configured λ: what the films show that the grid cannot
     prior_raised: float = 1.0  # λ over the configured one (> 1: the films hold what the grid cannot explain)
@@ -104,21 +101,14 @@ class RefineResult:
 
     def placement(self) -> str | None:
         """One line on where the films show the (first) patient, or None when centred or not fitted."""
-        shift = self.shift_mm is not None and bool(self.shift_mm[0].any())
-        turn = 0.0 if self.turn_deg is None else float(self.turn_deg[0])
-        if not shift and not turn:
+        if self.shift_mm is None or not bool(self.shift_mm[0].any()):
             return None
-        said = []
-        if shift:
-            d, h, w = (float(v) for v in self.shift_mm[0])
-            parts = [f"{abs(v):.0f} mm {pos if v > 0 else neg}" for v, pos, neg in
-                     ((w, "to the patient's left", "to the patient's right"), (h, "posterior", "anterior"),
-                      (d, "towards the feet", "towards the head")) if v]
-            said.append("off the beam's centre by " + ", ".join(parts))
-        if turn:
-            said.append(f"turned {abs(turn):.1f}° about the vertical axis, {'left' if turn > 0 else 'right'} side forward")
-        return ("the films show the patient " + " and ".join(said)
-                + "; the volume is refined in the patient's frame, centred and facing the beam")
+        d, h, w = (float(v) for v in self.shift_mm[0])
+        parts = [f"{abs(v):.0f} mm {pos if v > 0 else neg}" for v, pos, neg in
+                 ((w, "to the patient's left", "to the patient's right"), (h, "posterior", "anterior"),
+                  (d, "towards the feet", "towards the head")) if v]
+        return ("the films show the patient off the beam's centre by " + ", ".join(parts)
+                + "; the volume is refined in the patient's frame, centred on the patient")
 
 
 # --- the intensity model R --------------------------------------------------------------
@@ -158,22 +148,20 @@ def line_integrals(volume: torch.Tensor, geometry: Geometry, mu_water: float = 0
 
 
 def reproject(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog_order: int = 1,
-              mu_water: float = 0.02, shift_mm: torch.Tensor | None = None,
-              turn_deg: torch.Tensor | None = None) -> torch.Tensor:
+              mu_water: float = 0.02, shift_mm: torch.Tensor | None = None) -> torch.Tensor:
     """The volume's DRRs mapped onto the X-rays' intensities: (B, 1, D, H, W), (B, V, R, C) -> (B, V, R, C) in [0, 1].
 
-    What the refinement compares with the input; shown beside it in reports. shift_mm (B, 3),
-    turn_deg (B,): the patient's place in the films (`RefineResult.shift_mm`, `.turn_deg`).
+    What the refinement compares with the input; shown beside it in reports. shift_mm (B, 3):
+    the patient's place in the films (`RefineResult.shift_mm`).
     """
-    volume, geometry = in_room(volume, geometry, shift_mm, turn_deg=turn_deg)
+    volume, geometry = in_room(volume, geometry, shift_mm)
     return fit_intensity(line_integrals(volume, geometry, mu_water), xrays, fog_order).clamp(0, 1)
 
 
 def fit_shift(mu: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, settings: RefineConfig,
-              mu_water: float = 0.02) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Where the films show the patient: (B, 1, D, H, W), (B, V, R, C) -> (shift, fitted, turn):
-    shift and fitted (B, 3) mm, (d, h, w), the placement kept and the fitted one before the gates
-    below; turn (B,) degrees about the vertical axis (`pose.shifted`), or None when not fitted.
+              mu_water: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the films show the patient: (B, 1, D, H, W), (B, V, R, C) -> (shift, fitted), each
+    (B, 3) mm, (d, h, w): the placement kept, and the fitted one before the gates below.
 
     Fitted to the network's mean volume on coarse images (4 x 4, then 2 x 2 pixel means: the
     outline, not the detail, says where the body is), and only along axes some film shows
@@ -186,11 +174,6 @@ def fit_shift(mu: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, setting
     misplacement of an unfamiliar body reaches 12 mm but at most 1.8 times, and on 120 nominal
     held-out cases no placement with a 12 mm component passed the gain). The rest is clamped to
     ±`shift_max_mm`. `fitted` is where relifting may look when no shift is kept.
-
-    With a frontal and a lateral film (and `turn_max_deg` > 0) the patient's turn about the
-    vertical axis is fitted with the shift: a turn moves the body's edges across both films.
-    A turn under `turn_min_deg` is left to the volume, and the gain gate weighs the placement
-    with its turn.
     """
     voxel = min(geometry.voxel_mm)
     pad = pad_voxels(settings.shift_max_mm, geometry)
@@ -198,53 +181,30 @@ def fit_shift(mu: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, setting
     seen = torch.tensor([1.0, any(get_view(v).depth_axis == 2 for v in geometry.views),
                          any(get_view(v).depth_axis == 1 for v in geometry.views)], device=mu.device)  # (d, h, w)
     limit = settings.shift_max_mm
-    turns = settings.turn_max_deg > 0 and bool(seen[1]) and bool(seen[2])  # a frontal and a lateral film
-    if turns:  # the corners' move across the beam joins the shift's in the padding
-        pad = pad_voxels(settings.shift_max_mm + corner_mm(geometry) * math.radians(settings.turn_max_deg), geometry)
-        room = padded(geometry, pad)
-    # one unit of the turn moves the cube's corners by about a voxel: Adam steps alike in both
-    per_unit_deg = math.degrees(voxel / corner_mm(geometry))
 
-    def error(shift, turn, pool, sample=slice(None)):  # coarse image error of the volume placed at (shift, turn)
-        return data_term(shifted(mu[sample], shift[sample], geometry, pad, None if turn is None else turn[sample]),
-                         xrays[sample], room, settings.fog_order, mu_water, pool)
+    def error(shift, pool, sample=slice(None)):  # coarse image error of the volume placed at `shift`
+        return data_term(shifted(mu[sample], shift[sample], geometry, pad), xrays[sample], room, settings.fog_order,
+                         mu_water, pool)
 
     q = torch.zeros(mu.shape[0], 3, device=mu.device, requires_grad=True)  # shift in voxels
-    r = torch.zeros(mu.shape[0], device=mu.device, requires_grad=True)  # turn in units of per_unit_deg
-
-    def placement():
-        turn = (r * per_unit_deg).clamp(-settings.turn_max_deg, settings.turn_max_deg) if turns else None
-        return (q * seen * voxel).clamp(-limit, limit), turn
-
-    # The shift first, then (with two films) the turn with it from there: fitted together from
-    # the start, the turn takes up part of a large shift's move and is not back in the steps.
-    stages = [([q], (4, 2), lambda: (placement()[0], None))] + ([([q, r], (2,), placement)] if turns else [])
+    opt = torch.optim.Adam([q], lr=0.1)
     with torch.enable_grad():
-        for params, pools, place in stages:
-            opt = torch.optim.Adam(params, lr=0.1)
-            for pool in pools:
-                for _ in range(settings.shift_steps):
-                    opt.zero_grad(set_to_none=True)
-                    error(*place(), pool).backward()
-                    opt.step()
+        for pool in (4, 2):
+            for _ in range(settings.shift_steps):
+                opt.zero_grad(set_to_none=True)
+                error((q * seen * voxel).clamp(-limit, limit), pool).backward()
+                opt.step()
     with torch.no_grad():
-        best, best_turn = placement()
+        best = (q * seen * voxel).clamp(-limit, limit)
         shift = torch.where(best.abs() >= settings.shift_min_mm, best, torch.zeros_like(best))
-        turn = None
-        if turns:
-            turn = torch.where(best_turn.abs() >= settings.turn_min_deg, best_turn, torch.zeros_like(best_turn))
         for i in range(shift.shape[0]):
             # Judged on the whole fitted placement: its small components are part of why it explains
             # the films (a network that half-follows a shifted patient leaves a few mm across the
             # other axes), and are then left to the volume.
-            moved = bool(shift[i].any()) or (turn is not None and bool(turn[i]))
-            if moved and error(torch.zeros_like(best), None, 4, slice(i, i + 1)) < \
-                    settings.shift_min_gain * error(best, best_turn, 4, slice(i, i + 1)):
+            if shift[i].any() and error(torch.zeros_like(best), 4, slice(i, i + 1)) < \
+                    settings.shift_min_gain * error(best, 4, slice(i, i + 1)):
                 shift[i] = 0
-                if turn is not None:
-                    turn[i] = 0
-    return shift.cpu(), best.cpu(), None if turn is None or not bool(turn.any()) else turn.cpu()
-
+    return shift.cpu(), best.cpu()
 
 
 def data_term(volume: torch.Tensor, xrays: torch.Tensor, geometry: Geometry, fog_order: int = 1,
@@ -309,10 +269,10 @@ def refine(mu: torch.Tensor, log_var: torch.Tensor, xrays: torch.Tensor, geometr
     start = time.perf_counter()
     mu, xrays = mu.detach().float().clamp(0, 1), xrays.detach().float()
     scale = settings.sigma_scale * torch.exp(0.5 * log_var.detach().float())  # t σ per voxel
-    shift = fitted = turn = None
+    shift = fitted = None
     if min(settings.shift_steps, settings.steps) > 0:
-        shift, fitted, turn = fit_shift(mu, xrays, geometry, settings, mu_water)
-    room_geometry = in_room(mu, geometry, shift, settings.shift_max_mm, turn)[1]
+        shift, fitted = fit_shift(mu, xrays, geometry, settings, mu_water)
+    room_geometry = in_room(mu, geometry, shift, settings.shift_max_mm)[1]
 
     # Whitened coordinates, v = μ + t σ z: the prior is λ·mean(z²), and Adam's steps in z are
     # steps of about t σ in v, so a voxel the network is sure of barely moves (σ → 0: v = μ)
@@ -320,8 +280,8 @@ def refine(mu: torch.Tensor, log_var: torch.Tensor, xrays: torch.Tensor, geometr
     def volume(z):
         return (mu + scale * z).clamp(0, 1)
 
-    def image_error(z):  # the data term of v(z), seen by the films through the shift and turn
-        return data_term(in_room(volume(z), geometry, shift, settings.shift_max_mm, turn)[0], xrays, room_geometry,
+    def image_error(z):  # the data term of v(z), seen by the films through the shift
+        return data_term(in_room(volume(z), geometry, shift, settings.shift_max_mm)[0], xrays, room_geometry,
                          settings.fog_order, mu_water, settings.image_pool)
 
     prior_weight = settings.prior_weight
@@ -335,7 +295,7 @@ def refine(mu: torch.Tensor, log_var: torch.Tensor, xrays: torch.Tensor, geometr
         with torch.no_grad():
             after = float(image_error(z))
     return RefineResult(volume(z), history[0] if history else after, after, len(history),
-                        time.perf_counter() - start, history, shift_mm=shift, fitted_mm=fitted, turn_deg=turn,
+                        time.perf_counter() - start, history, shift_mm=shift, fitted_mm=fitted,
                         prior_weight=prior_weight, unexplained=unexplained,
                         prior_raised=prior_weight / settings.prior_weight if settings.prior_weight > 0 else 1.0)
 

@@ -119,11 +119,11 @@ def reconstruct_pair(model, cfg, dev, xrays: torch.Tensor, upscale=None, with_st
                  result.data_before, result.data_after)
         for line in result.notes().values():
             log.info("%s", line)
-    shift, turn = (None, None) if result is None else (result.shift_mm, result.turn_deg)
+    shift = None if result is None else result.shift_mm
     with torch.no_grad():
         reprojected, reprojected_network = (
             None if v is None else reproject(v, xrays_given, geometry, cfg.refine.fog_order, cfg.geometry.mu_water,
-                                             shift, turn)
+                                             shift)
             for v in (volume, network))
     volume = _upscale(volume, upscale)
     hu = unit_to_hu(volume)[0, 0].numpy()
