@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from xray2ct.config import GeometryConfig
-from xray2ct.robustness import DETECTOR_PX, Point, _patient, grid, known_geometry, render
+from xray2ct.robustness import DETECTOR_PX, Point, grid, positioned, known_geometry, render
 
 
 def test_grid_covers_the_issue():
@@ -17,12 +17,12 @@ def test_grid_covers_the_issue():
 def test_patient_shift_moves_the_body_without_losing_it():
     hu = np.full((4, 6, 6), -1000.0)
     hu[1:3, 2:4, 1:3] = 0.0
-    moved = _patient(hu, 10.0, Point(1800.0, 430.0, shift_mm=20.0))
+    moved = positioned(hu, 10.0, Point(1800.0, 430.0, shift_mm=20.0))
     assert moved.shape == (4, 6, 10)
     cols = np.nonzero((moved > -1000).any(axis=(0, 1)))[0]
     assert list(cols) == [5, 6]  # body at w 1..2 in a 6-wide field -> 3..4 in the padded 10-wide one -> +2 voxels
     with pytest.raises(ValueError, match="whole number"):
-        _patient(hu, 10.0, Point(1800.0, 430.0, shift_mm=15.0))
+        positioned(hu, 10.0, Point(1800.0, 430.0, shift_mm=15.0))
 
 
 def test_known_geometry_projects_like_the_film():

@@ -68,7 +68,7 @@ def grid(quick: bool = False) -> list[Point]:
     return [Point(d, det, **v) for d in distances for det in detectors for v in variants]
 
 
-def _patient(hu: np.ndarray, voxel_mm: float, p: Point) -> np.ndarray:
+def positioned(hu: np.ndarray, voxel_mm: float, p: Point) -> np.ndarray:
     """The phantom (HU, d h w) as positioned at `p`: padded with air, shifted, turned."""
     from scipy.ndimage import rotate
 
@@ -97,7 +97,7 @@ def render(hu: np.ndarray, voxel_mm: float, p: Point, nominal) -> tuple[torch.Te
         pitch = cube.det_pixel_mm
     else:
         pitch = p.detector_mm / DETECTOR_PX
-    body = _patient(hu, voxel_mm, p)
+    body = positioned(hu, voxel_mm, p)
     g = xray2ct.Geometry(volume_shape=body.shape, voxel_mm=voxel_mm, source_iso_mm=p.sod, source_det_mm=p.sdd,
                          det_shape=(DETECTOR_PX,) * 2, det_pixel_mm=pitch, views=views)
     mu = hu_to_mu(torch.as_tensor(body, dtype=torch.float32))[None, None]
