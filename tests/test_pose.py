@@ -263,3 +263,28 @@ def test_a_patient_the_network_half_follows_is_relifted_below_the_shift_gate(pat
     assert float(psnr(result.volume, truth)) > float(psnr(once.volume, truth)) + 1.0
     with pytest.raises(ConfigError, match="relift_rounds"):
         config_from_dict({"refine": {"relift_rounds": -1}})
+
+
+def test_the_placement_search_moves_a_shift_the_fit_left_short(patient, monkeypatch):
+    """A fit that fell 10 mm short (a network half-following the patient): refining again 5 and
+    10 mm either side finds where the films show the patient, by the refined image error."""
+    import xray2ct.refine as refine_module
+    from xray2ct.refine import search_placement
+
+    truth, centred, off, mu, log_var = patient  # `off`: 20 mm to the patient's left
+    settings = RefineConfig(steps=60)
+    short = torch.tensor([[0.0, 0.0, 10.0]])
+    with monkeypatch.context() as m:
+        m.setattr(refine_module, "fit_shift", lambda *a, **k: (short.clone(), short.clone()))
+        first = refine(mu, log_var, off, GEOMETRY, settings)
+    assert first.shift_mm.tolist() == short.tolist()
+    found = search_placement(first, mu, log_var, off, GEOMETRY, settings)
+    assert found.shift_mm.tolist() == [[0.0, 0.0, 20.0]]  # 10 + 2 x 5 mm
+    assert found.unexplained < first.unexplained and found.seconds > first.seconds
+    assert float(psnr(found.volume, truth)) > float(psnr(first.volume, truth)) + 1.0
+    # off, or nothing kept to search around: the refinement given comes back
+    assert search_placement(first, mu, log_var, off, GEOMETRY, dataclasses.replace(settings, shift_search_mm=0.0)) is first
+    plain = refine(mu, log_var, centred, GEOMETRY, settings)
+    assert search_placement(plain, mu, log_var, centred, GEOMETRY, settings) is plain
+    with pytest.raises(ConfigError, match="shift_search_mm"):
+        config_from_dict({"refine": {"shift_search_mm": 50.0}})

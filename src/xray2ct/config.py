@@ -232,6 +232,8 @@ class RefineConfig:
     #   placement error is about a voxel, and a patient shift smaller than that blurs little
     shift_min_gain: float = 1.6  # ... and a shift must explain the coarse images this many times better than none
     shift_max_mm: float = 40.0  # a shift is clamped to this (the training acquisitions' offsets reach 30 mm)
+    shift_search_mm: float = 5.0  # with a shift kept (one case), refine again at ±1 and ±2 of this step along
+    #   its axes and keep the placement whose refined volume explains the films best (0: off)
     relift: bool = True  # with a shift found, run the network again lifting where the films show the patient
     # ... also below shift_min_mm: where the raw fitted placement (gates off) reaches relift_min_mm, for up to
     # relift_rounds passes, each kept only when its refinement explains the films better (a network that
@@ -462,6 +464,8 @@ def validate_config(cfg: Config, source: str = "<config>") -> None:
     need(r.shift_steps >= 0 and 0 <= r.shift_min_mm <= r.shift_max_mm and 0 < r.shift_max_mm <= 200,
          f"need refine.shift_steps ({r.shift_steps}) >= 0 and 0 <= refine.shift_min_mm ({r.shift_min_mm}) "
          f"<= refine.shift_max_mm ({r.shift_max_mm}), which is in (0, 200] mm (it pads the refined grid)")
+    need(0 <= r.shift_search_mm <= r.shift_max_mm,
+         f"need 0 <= refine.shift_search_mm ({r.shift_search_mm}) <= refine.shift_max_mm ({r.shift_max_mm})")
 
     _check_bounds(cfg, need)
     if errors:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from xray2ct.engine.inference import ReconstructionError, predict
-from xray2ct.refine import RefineResult, upsample
+from xray2ct.refine import RefineResult, search_placement, upsample
 from xray2ct.refine import refine as run_refine
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,11 @@ def refine_placed(model, dev, xrays: torch.Tensor, volume: torch.Tensor, log_var
     for up to `relift_rounds` passes; each is kept only if it explains the films better, and the
     first that does not ends the search. A case whose ungated fit reaches relift_min_mm pays a
     relift.
-    """
-    from xray2ct.models.net import using_geometry
-    from xray2ct.pose import placed
 
+    Last, where a shift was kept, refinement is repeated at shifts 5 and 10 mm either side of
+    it and the placement whose refined volume explains the films best is kept
+    (`refine.search_placement`, `refine.shift_search_mm`).
+    """
     films = given_views(lift_geometry, xrays, present)[1].to(dev)
     size = geometry.volume_shape[-1]
 
@@ -104,7 +105,15 @@ def refine_placed(model, dev, xrays: torch.Tensor, volume: torch.Tensor, log_var
         mu, lv = upsample(mu, size), upsample(lv, size)
         return run_refine(mu.to(dev), lv.to(dev), films, geometry, settings, mu_water=mu_water), mu, lv
 
-    best = refined(volume, log_var)
+    result, mu, lv = _relifted(model, dev, xrays, lift_geometry, settings, refined(volume, log_var), refined)
+    return search_placement(result, mu.to(dev), lv.to(dev), films, geometry, settings, mu_water), mu, lv
+
+
+def _relifted(model, dev, xrays, lift_geometry, settings, best, refined):
+    """The relift passes of `refine_placed` from its first refinement `best`: the kept (result, mu, log_var)."""
+    from xray2ct.models.net import using_geometry
+    from xray2ct.pose import placed
+
     if not settings.relift or best[0].fitted_mm is None:  # no placement was fitted
         return best
     kept = best[0].shift_mm
