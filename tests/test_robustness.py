@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from xray2ct.config import GeometryConfig
-from xray2ct.robustness import DETECTOR_PX, Point, grid, positioned, known_geometry, render
+from xray2ct.robustness import DETECTOR_PX, Point, grid, known_geometry, positioned, render
 
 
 def test_grid_covers_the_issue():

@@ -269,10 +269,8 @@ def refine(mu: torch.Tensor, log_var: torch.Tensor, xrays: torch.Tensor, geometr
     settings: the model's `refine` config; mu_water: its geometry's (1/mm).
     Runs on the inputs' device; gradients of the callers' tensors are not touched.
     """
-    _check(mu, log_var, xrays, geometry)
     start = time.perf_counter()
-    mu, xrays = mu.detach().float().clamp(0, 1), xrays.detach().float()
-    scale = settings.sigma_scale * torch.exp(0.5 * log_var.detach().float())  # t σ per voxel
+    mu, scale, xrays = _inputs(mu, log_var, xrays, geometry, settings)
     shift = fitted = None
     if min(settings.shift_steps, settings.steps) > 0:
         shift, fitted = fit_shift(mu, xrays, geometry, settings, mu_water)
@@ -292,10 +290,8 @@ def search_placement(result: RefineResult, mu: torch.Tensor, log_var: torch.Tens
     shift = result.shift_mm
     if shift is None or shift.shape[0] != 1 or not bool(shift.any()) or settings.shift_search_mm <= 0:
         return result
-    _check(mu, log_var, xrays, geometry)
     start = time.perf_counter() - result.seconds
-    mu, xrays = mu.detach().float().clamp(0, 1), xrays.detach().float()
-    scale = settings.sigma_scale * torch.exp(0.5 * log_var.detach().float())
+    mu, scale, xrays = _inputs(mu, log_var, xrays, geometry, settings)
     best = _Run(shift.to(mu.device), result.volume, result.history, result.unexplained, result.data_after,
                 result.prior_weight)
     step, limit = settings.shift_search_mm, settings.shift_max_mm
@@ -309,14 +305,20 @@ def search_placement(result: RefineResult, mu: torch.Tensor, log_var: torch.Tens
             run = _refine_at(candidate, mu, scale, xrays, geometry, settings, mu_water)
             if run.unexplained < best.unexplained:
                 best = run
-    found = _result(best, result.fitted_mm, start, settings)
-    found.shift_mm = best.shift.cpu()
-    return found
+    return _result(best, result.fitted_mm, start, settings)
+
+
+def _inputs(mu, log_var, xrays, geometry, settings: RefineConfig):
+    """Checked, detached float inputs -> (mu in [0, 1], t σ per voxel, xrays)."""
+    _check(mu, log_var, xrays, geometry)
+    scale = settings.sigma_scale * torch.exp(0.5 * log_var.detach().float())  # t σ per voxel
+    return mu.detach().float().clamp(0, 1), scale, xrays.detach().float()
 
 
 def _result(run: "_Run", fitted, start: float, settings: RefineConfig) -> RefineResult:
+    shift = None if run.shift is None else run.shift.cpu()
     return RefineResult(run.volume, run.history[0] if run.history else run.after, run.after, len(run.history),
-                        time.perf_counter() - start, run.history, shift_mm=run.shift, fitted_mm=fitted,
+                        time.perf_counter() - start, run.history, shift_mm=shift, fitted_mm=fitted,
                         prior_weight=run.prior_weight, unexplained=run.unexplained,
                         prior_raised=run.prior_weight / settings.prior_weight if settings.prior_weight > 0 else 1.0)
 
