@@ -18,14 +18,12 @@ import torch
 
 def main(checkpoint=None, n: int = 8) -> np.ndarray:
     from xray2ct.data.phantoms import chest_phantom
-    from xray2ct.data.xrayio import prepare_xray
     from xray2ct.engine.inference import load_for_inference, predict
-    from xray2ct.engine.refining import refine_placed, refine_skip_reason
     from xray2ct.metrics import psnr
     from xray2ct.models.net import using_geometry
     from xray2ct.physics.hu import hu_to_unit
     from xray2ct.refine_suite import fresh_cases
-    from xray2ct.robustness import TEST_SEED, grid, known_geometry, positioned, render
+    from xray2ct.robustness import TEST_SEED, grid, known_geometry, point_films, positioned, refine_each
 
     model, cfg, dev = load_for_inference(checkpoint, "cpu")
     size, s = cfg.model.volume_size, cfg.model.xray_img_size
@@ -40,19 +38,11 @@ def main(checkpoint=None, n: int = 8) -> np.ndarray:
           "refined, patient's frame | refined, turned patient |\n|---|---|---|---|---|")
     rows = []
     for p in [q for q in grid(False) if q.turn_deg]:
-        films = []
-        for hu in phantoms:
-            pair, pitch = render(hu, voxel, p, nominal)
-            films.append(torch.stack([prepare_xray(f, size=s) for f in pair]))
-        x = torch.stack(films)  # (n, 2, S, S)
+        x, pitch = point_films(phantoms, voxel, p, nominal, s)  # (n, 2, S, S)
         geometry = known_geometry(p, pitch, s, nominal)
         with using_geometry(model, geometry):
             mu, log_var = predict(model, x, dev)
-        both = (True, True)
-        refined = [m if refine_skip_reason(geometry, both, f[None]) else
-                   refine_placed(model, dev, f[None], m[None], lv[None], geometry, geometry, both, cfg.refine,
-                                 cfg.geometry.mu_water)[0].volume
-                   for m, lv, f in zip(mu, log_var, x)]
+        refined = refine_each(model, dev, cfg, mu, log_var, x, geometry)
         turned = [hu_to_unit(torch.as_tensor(positioned(hu, voxel, p), dtype=torch.float32))[None, None]
                   for hu in phantoms]
         rows.append([mean_psnr(v, t) for v in (mu, refined) for t in (unturned, turned)])

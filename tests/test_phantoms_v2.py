@@ -182,8 +182,8 @@ def test_parameter_distribution():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="valid: 1, 2, 3, 4"):
-        chest_phantom(size=16, version=5)
+    with pytest.raises(ValueError, match="valid: 1, 2, 3, 4, 5"):
+        chest_phantom(size=16, version=6)
     with pytest.raises(ValueError, match="margin"):
         chest_phantom(size=16, margin=-1)
     with pytest.raises(ValueError, match="margin"):

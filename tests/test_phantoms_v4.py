@@ -67,3 +67,28 @@ def test_v2_anatomy_deformed_then_cut_by_the_scanner(seed):
     outside = np.abs(z) > p.scan_len / 2 + 10.0
     if outside.any():
         assert (hu4[outside] == -1000.0).all()
+
+
+def test_v5_is_v4s_warp_larger_and_never_folds():
+    """v5 draws the same waves as v4 with the amplitude from AMPLITUDE_V5_MM: every phantom is
+    deformed, and the largest warp still keeps its orientation over a wide field."""
+    from xray2ct.data.phantoms.warp import AMPLITUDE_V5_MM
+
+    axis = np.linspace(-240.0, 240.0, 41)
+    d, h, w = np.meshgrid(axis, axis, axis, indexing="ij", sparse=True)
+    for seed in range(6):
+        v4, v5 = Warp.draw(seed), Warp.draw(seed, AMPLITUDE_V5_MM)
+        np.testing.assert_array_equal(v4.wavevectors, v5.wavevectors)
+        np.testing.assert_array_equal(v4.phases, v5.phases)
+        assert AMPLITUDE_V5_MM[0] <= v5.amplitude_mm <= AMPLITUDE_V5_MM[1] and v5.amplitude_mm > v4.amplitude_mm
+        largest = Warp(AMPLITUDE_V5_MM[1], v5.wavevectors, v5.phases)
+        disp = largest.displacement(d, h, w)
+        jac = np.stack([np.stack(np.gradient(disp[a], axis[1] - axis[0]), 0) for a in range(3)])
+        jac += np.eye(3)[:, :, None, None, None]
+        assert np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1))).min() > 0.05
+    a = chest_phantom(24, 2, version=5)
+    np.testing.assert_array_equal(a, chest_phantom(24, 2, version=5))
+    np.testing.assert_allclose(chest_phantom(24, 2, version=5, margin=2)[2:26, 2:26, 2:26], a, atol=0.5)
+    # the same seed as v4, deformed further: farther from v2 than v4 is
+    v2 = chest_phantom(24, 2, version=2)
+    assert np.abs(a - v2).mean() > np.abs(chest_phantom(24, 2, version=4) - v2).mean()

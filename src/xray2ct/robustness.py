@@ -117,6 +117,31 @@ def known_geometry(p: Point, pitch: float, size: int, nominal):
     return study_geometry(nominal, setups)
 
 
+def point_films(phantoms, voxel_mm: float, p: Point, nominal, xray_size: int) -> tuple[torch.Tensor, float]:
+    """Every phantom (HU, d h w) filmed at `p` and read as the model reads a film file ->
+    (n, 2, S, S) PA/AP and lateral, and the detector pitch, mm."""
+    from xray2ct.data.xrayio import prepare_xray
+
+    xs = []
+    for hu in phantoms:
+        films, pitch = render(hu, voxel_mm, p, nominal)
+        xs.append(torch.stack([prepare_xray(f, size=xray_size) for f in films]))  # (2, S, S)
+    return torch.stack(xs), pitch
+
+
+def refine_each(model, dev, cfg, mu: torch.Tensor, log_var: torch.Tensor, xrays: torch.Tensor, geometry) -> list:
+    """Each case of a batch refined on its own, as `reconstruct` refines by default (its skip rule
+    for films showing matter beyond the field too): mu, log_var (n, 1, N, N, N), xrays (n, 2, S, S)
+    -> n volumes (1, 1, N, N, N)."""
+    from xray2ct.engine.refining import refine_placed, refine_skip_reason
+
+    both = (True, True)
+    return [m[None] if refine_skip_reason(geometry, both, x[None]) else
+            refine_placed(model, dev, x[None], m[None], lv[None], geometry, geometry, both, cfg.refine,
+                          cfg.geometry.mu_water)[0].volume
+            for m, lv, x in zip(mu, log_var, xrays)]
+
+
 def measure(checkpoint=None, device: str = "cpu", n: int = 8, quick: bool = False, refine: bool = False) -> dict:
     """One set of weights over the grid: {"checkpoint", "size", "xray_size", "nominal": {"psnr",
     "ssim"}, "points": [{"label", "assumed_psnr", "known_psnr", "assumed_ssim", "known_ssim"}]}
@@ -124,7 +149,6 @@ def measure(checkpoint=None, device: str = "cpu", n: int = 8, quick: bool = Fals
     from tqdm.auto import tqdm
 
     from xray2ct.data.phantoms import chest_phantom
-    from xray2ct.data.xrayio import prepare_xray
     from xray2ct.engine.inference import load_for_inference, predict
     from xray2ct.metrics import psnr, ssim3d
     from xray2ct.models.net import using_geometry
@@ -144,37 +168,26 @@ def measure(checkpoint=None, device: str = "cpu", n: int = 8, quick: bool = Fals
     def batched(xrays):  # one forward pass for all phantoms: (n, 2, S, S) -> mean, log-variance (n, 1, N, N, N)
         return predict(model, xrays, dev)
 
-    def refined(mu, log_var, xrays, geometry):  # each case on its own, as `reconstruct` does (its skip rule too)
-        from xray2ct.engine.refining import refine_placed, refine_skip_reason
-
-        both = (True, True)
-        return [m[None] if refine_skip_reason(geometry, both, x[None]) else
-                refine_placed(model, dev, x[None], m[None], lv[None], geometry, geometry, both, cfg.refine,
-                              cfg.geometry.mu_water)[0].volume
-                for m, lv, x in zip(mu, log_var, xrays)]
-
     nominal_x = torch.cat([x for x, _ in cases])
     nominal_mu, nominal_log_var = batched(nominal_x)
     ref_psnr, ref_ssim = score(nominal_mu.split(1))
     data = {"checkpoint": str(checkpoint or "bundled weights"), "size": size, "xray_size": s,
             "nominal": {"psnr": ref_psnr.tolist(), "ssim": ref_ssim.tolist()}, "points": []}
     if refine:
-        data["nominal"]["refined_psnr"] = score(refined(nominal_mu, nominal_log_var, nominal_x, nominal))[0].tolist()
+        refined = refine_each(model, dev, cfg, nominal_mu, nominal_log_var, nominal_x, nominal)
+        data["nominal"]["refined_psnr"] = score(refined)[0].tolist()
     points = grid(quick)
     # a refined run takes about half an hour per set of weights on 2 cores: show where it is
     bar = tqdm(points, desc=f"robustness {Path(str(checkpoint)).name if checkpoint else 'bundled'}",
                unit="acquisition", dynamic_ncols=True)
     for i, p in enumerate(bar):
-        xs = []
-        for hu in phantoms:
-            films, pitch = render(hu, voxel, p, nominal)
-            xs.append(torch.stack([prepare_xray(f, size=s) for f in films]))  # (2, S, S)
-        x = torch.stack(xs)  # (n, 2, S, S)
+        x, pitch = point_films(phantoms, voxel, p, nominal, s)  # (n, 2, S, S)
         assumed = batched(x)[0]
         geometry = known_geometry(p, pitch, s, nominal)
         with using_geometry(model, geometry):
             known, known_log_var = batched(x)
-        refined_psnr = score(refined(known, known_log_var, x, geometry))[0].tolist() if refine else None
+        refined_psnr = (score(refine_each(model, dev, cfg, known, known_log_var, x, geometry))[0].tolist()
+                        if refine else None)
         (pa, sa), (pk, sk) = score(assumed.split(1)), score(known.split(1))
         log.info("robustness %d/%d %s: PSNR assumed %.2f, known %.2f dB", i + 1, len(points), p.label(),
                  pa.mean(), pk.mean())

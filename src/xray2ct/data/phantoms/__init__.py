@@ -7,7 +7,8 @@ anatomy seed for seed with a skeleton of published cortex thicknesses and trabec
 (`skeleton`: 0.7 of v2's bone mass; two real chest CTs hold about half; weights trained on
 it did better on phantoms and worse on those CTs, so the bundled weights' data stays v2),
 version 4 v2's anatomy seed for seed through a smooth random warp (`warp`: shapes beyond the
-parameters' family, painted at twice the resolution and averaged down).
+parameters' family, painted at twice the resolution and averaged down), version 5 v4's
+waves with a larger amplitude (4-16 mm instead of 0-12: every phantom deformed).
 
 Modules, bottom-up: `tissues` (labels, HU tables), `shapes` (signed distances in mm),
 `canvas` (the grid, partial-volume painting, batched tubes); v2's `params` (the
@@ -26,9 +27,10 @@ from .canvas import margins
 from .tissues import Tissue
 from .params import PhantomParamsV2
 from .v1 import PhantomParams, chest_phantom_v1
-from .v2 import chest_phantom_v2, chest_phantom_v3, chest_phantom_v4
+from .v2 import chest_phantom_v2, chest_phantom_v3, chest_phantom_v4, chest_phantom_v5
 
-GENERATORS = {1: chest_phantom_v1, 2: chest_phantom_v2, 3: chest_phantom_v3, 4: chest_phantom_v4}
+GENERATORS = {1: chest_phantom_v1, 2: chest_phantom_v2, 3: chest_phantom_v3, 4: chest_phantom_v4,
+              5: chest_phantom_v5}
 VERSIONS = tuple(GENERATORS)
 
 __all__ = ["GENERATORS", "PhantomParams", "PhantomParamsV2", "Tissue", "VERSIONS", "chest_phantom",

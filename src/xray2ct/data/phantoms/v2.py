@@ -8,7 +8,7 @@ grid with a margin holds the margin-free grid exactly in its centre.
 Version 3 is this anatomy, seed for seed, with the skeleton built to the published cortex
 thicknesses and trabecular HU (`skeleton`): 0.7 of v2's bone mass at 64³. Version 4 is this
 anatomy, seed for seed, deformed by a smooth random warp (`warp`): shapes beyond the
-parameters' family.
+parameters' family; version 5 the same waves with a larger amplitude, every phantom deformed.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .canvas import Canvas, voxel_axes
 from .params import PhantomParamsV2
 from .skeleton import V2_BONES, V3_BONES, BoneBuild
 from .tissues import TEXTURE_HU_V2, Tissue
-from .warp import Warp, apply, downsample
+from .warp import AMPLITUDE_MM, AMPLITUDE_V5_MM, Warp, apply, downsample
 
 
 def chest_phantom_v2(size: int, seed: int, fov_mm: float, margin=(0, 0, 0), build: BoneBuild = V2_BONES,
@@ -71,10 +71,10 @@ def chest_phantom_v3(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
     return chest_phantom_v2(size, seed, fov_mm, margin, build=V3_BONES)
 
 
-def chest_phantom_v4(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
+def chest_phantom_v4(size: int, seed: int, fov_mm: float, margin=(0, 0, 0), amplitude_mm=AMPLITUDE_MM):
     """v2's anatomy for the seed through the seed's smooth random warp (`warp`), painted at
     twice the resolution with a pad the warp may reach into, and averaged down: see `chest_phantom`."""
-    w = Warp.draw(seed)
+    w = Warp.draw(seed, amplitude_mm)
     vox = fov_mm / size
     axes = voxel_axes(size, fov_mm, margin)
     reach = float(np.abs(w.displacement(*np.meshgrid(*axes, indexing="ij", sparse=True))).max())
@@ -82,3 +82,8 @@ def chest_phantom_v4(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
     hu, lab = downsample(*chest_phantom_v2(2 * size, seed, fov_mm, tuple(2 * (m + pad) for m in margin), warp=w))
     inner = (slice(pad, -pad),) * 3
     return np.ascontiguousarray(hu[inner]), np.ascontiguousarray(lab[inner])
+
+
+def chest_phantom_v5(size: int, seed: int, fov_mm: float, margin=(0, 0, 0)):
+    """v4 with the warp's amplitude drawn from `AMPLITUDE_V5_MM`: the same waves, larger."""
+    return chest_phantom_v4(size, seed, fov_mm, margin, amplitude_mm=AMPLITUDE_V5_MM)
