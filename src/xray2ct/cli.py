@@ -28,10 +28,10 @@ def phantoms(
     xray_size: int = typer.Option(256, min=16, help="DRR detector size in pixels."),
     workers: int = typer.Option(1, min=1, help="Processes writing cases in parallel (same dataset for any number)."),
     version: int = typer.Option(2, "--version", help="Phantom generator: 1 (one tidy torso, the first weights' "
-                                "data), 2 (adult habitus, arms, scan coverage, table, contrast, disease; the bundled "
-                                "weights' data), 3 (v2's anatomy with a skeleton of published cortex thickness), 4 (v2's "
-                                "anatomy deformed by a smooth random warp: shapes beyond v2's parameters) or 5 (v4's "
-                                "warp, larger)."),
+                                "data), 2 (adult habitus, arms, scan coverage, table, contrast, disease), 3 (v2's "
+                                "anatomy with a skeleton of published cortex thickness), 4 (v2's anatomy deformed by a "
+                                "smooth random warp: shapes beyond v2's parameters; the bundled weights' data) or 5 "
+                                "(v4's warp, larger)."),
 ):
     """Generate procedural chest phantoms with their PA and lateral DRRs, plus splits.json."""
     from xray2ct.data.phantoms import VERSIONS

@@ -5,10 +5,10 @@ the first weights' data, byte-identical per seed), version 2 the default (adult 
 arms, scan coverage, couch, contrast, chambers, abdomen, disease, devices), version 3 v2's
 anatomy seed for seed with a skeleton of published cortex thicknesses and trabecular HU
 (`skeleton`: 0.7 of v2's bone mass; two real chest CTs hold about half; weights trained on
-it did better on phantoms and worse on those CTs, so the bundled weights' data stays v2),
-version 4 v2's anatomy seed for seed through a smooth random warp (`warp`: shapes beyond the
-parameters' family, painted at twice the resolution and averaged down), version 5 v4's
-waves with a larger amplitude (4-16 mm instead of 0-12: every phantom deformed).
+it did better on phantoms and worse on those CTs), version 4 v2's anatomy seed for seed
+through a smooth random warp (`warp`: shapes beyond the parameters' family, painted at twice
+the resolution and averaged down; the bundled weights' data), version 5 v4's waves with a
+larger amplitude (4-16 mm instead of 0-12: every phantom deformed).
 
 Modules, bottom-up: `tissues` (labels, HU tables), `shapes` (signed distances in mm),
 `canvas` (the grid, partial-volume painting, batched tubes); v2's `params` (the
