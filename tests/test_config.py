@@ -329,6 +329,7 @@ def test_acquisition_section_round_trips_and_takes_dotted_overrides(tmp_path):
     ({"data.acquisition.margin_mm": float("nan")}, "data.acquisition.margin_mm must be in"),
     ({"data.acquisition.patient_det_mm": [100, 900]}, "puts the source inside the rendered field"),
     ({"data.view_dropout": 2}, "data.view_dropout must be in \\[0, 1\\]"),
+    ({"data.acquisition.pool_workers": -1}, "data.acquisition.pool_workers must be >= 0"),
     ({"data.acquisition.marginmm": 1}, "did you mean 'margin_mm'"),
     ({"data.acquisition.render": "yes"}, "data.acquisition.render .* must be true or false"),
     ({"data.acquisition.gamma": ["a", 1]}, "must be a list of numbers"),

@@ -128,3 +128,12 @@ def test_a_stale_pool_is_generated_again(tmp_path, caplog):
     assert phantom_pool(tmp_path, n=2, size=8, margin=1, seed=0) == folder
     assert "generating them again" in caplog.text
     assert np.array_equal(np.load(folder / "phantom_0001.npy"), fresh)
+
+
+def test_the_pool_is_the_same_for_any_number_of_workers(tmp_path):
+    one = phantom_pool(tmp_path / "one", n=3, size=8, margin=1, seed=1, version=4)
+    two = phantom_pool(tmp_path / "two", n=3, size=8, margin=1, seed=1, version=4, workers=2)
+    for i in range(3):
+        a, b = np.load(one / f"phantom_{i:04d}.npy"), np.load(two / f"phantom_{i:04d}.npy")
+        assert a.shape == (10, 10, 10) and a.dtype == np.int16 and np.array_equal(a, b)
+    assert not np.array_equal(np.load(one / "phantom_0000.npy"), np.load(one / "phantom_0001.npy"))

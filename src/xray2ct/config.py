@@ -146,6 +146,9 @@ class AcquisitionConfig:
     crop_fraction: float = 0.5
     phantoms: int = 400  # phantoms in the pool when no dataset_path is given
     phantom_version: int = 2  # generator of the pool's phantoms (`chest_phantom(version=...)`), as `xray2ct phantoms`
+    # processes generating the pool on first use (0: one per CPU core); more than one spawns
+    # processes, so a script calling `train` needs the `if __name__ == "__main__":` guard
+    pool_workers: int = 1
     # film style (`RadiographStyle`), applied when data.augment is true
     scatter: float = 0.15  # max fraction of broad low-pass fog (scatter)
     blur_px: float = 1.0  # max focal-spot/detector blur, Gaussian sigma in pixels of the rendered film
@@ -519,6 +522,7 @@ def _check_acquisition(a: AcquisitionConfig, g: GeometryConfig, need) -> None:
         need(0 <= getattr(a, name) <= high, f"{key}{name} must be in [0, {high:g}], got {getattr(a, name)}")
     need(1 <= a.phantoms <= 100_000, f"{key}phantoms must be in [1, 100000], got {a.phantoms}")
     need(a.phantom_version >= 1, f"{key}phantom_version must be >= 1, got {a.phantom_version}")
+    need(a.pool_workers >= 0, f"{key}pool_workers must be >= 0, got {a.pool_workers}")
     if len(a.source_det_mm) == 2 and len(a.patient_det_mm) == 2:
         # the nearest source must stay outside the wide field, turned corners included
         half = (g.fov_mm / 2 + a.margin_mm) * math.sqrt(3)

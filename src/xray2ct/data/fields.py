@@ -59,33 +59,57 @@ def fit_field(hu: np.ndarray | torch.Tensor, cube: int, margin: int):
 
 
 def phantom_pool(root: str | os.PathLike, n: int, size: int, margin: int, seed: int, fov_mm: float = 320.0,
-                 version: int = 2) -> Path:
+                 version: int = 2, workers: int = 1) -> Path:
     """n wide phantoms as int16 HU .npy files under `root` (generated on first use, resumable);
     phantom i has the seed of `make_phantom_dataset`'s case i, so held-out seeds stay apart.
     A cached pool whose first phantom no longer equals the generator's (the generator of that
-    version changed since) is generated again."""
+    version changed since) is generated again. workers > 1 generates in that many processes
+    (each phantom depends only on its seed: the same pool for any number)."""
     from tqdm.auto import tqdm
 
     from xray2ct.data.prepare import SEED_STRIDE
 
     folder = Path(root) / f"fields-{size}-m{margin}-n{n}-s{seed}-v{version}"
-
-    def make(i: int) -> np.ndarray:
-        return np.rint(wide_phantom(size, seed * SEED_STRIDE + i, fov_mm, margin, version)).astype(np.int16)
-
+    jobs = {i: (folder / f"phantom_{i:04d}.npy", size, seed * SEED_STRIDE + i, fov_mm, margin, version)
+            for i in range(n)}
     first = folder / "phantom_0000.npy"
-    if first.is_file() and not np.array_equal(np.load(first), make(0)):
+    if first.is_file() and not np.array_equal(np.load(first), _pool_phantom(*jobs[0][1:])):
         log.warning("%s: the cached phantoms differ from phantom generator v%d now; generating them again",
                     folder, version)
         for old in folder.glob("phantom_*.npy"):
             old.unlink()
-    todo = [i for i in range(n) if not (folder / f"phantom_{i:04d}.npy").is_file()]
-    if todo:
-        log.info("generating %d wide-field phantoms into %s", len(todo), folder)
-        folder.mkdir(parents=True, exist_ok=True)
-    for i in tqdm(todo, desc="phantom pool", unit="phantom", disable=not todo):
-        _save_npy(folder / f"phantom_{i:04d}.npy", make(i))
+    todo = [job for job in jobs.values() if not job[0].is_file()]
+    if not todo:
+        return folder
+    log.info("generating %d wide-field phantoms into %s (%d process(es))", len(todo), folder, min(workers, len(todo)))
+    folder.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(todo), desc="phantom pool", unit="phantom")
+    if workers <= 1 or len(todo) < 2:
+        for job in todo:
+            _write_pool_phantom(*job)
+            bar.update(1)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from xray2ct.data.prepare import _one_thread
+
+        # spawn: a forked child of a process that has used torch's thread pool can hang
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_one_thread) as pool:
+            for done in as_completed([pool.submit(_write_pool_phantom, *job) for job in todo]):
+                done.result()  # re-raise a worker's error here
+                bar.update(1)
+    bar.close()
     return folder
+
+
+def _pool_phantom(size: int, phantom_seed: int, fov_mm: float, margin: int, version: int) -> np.ndarray:
+    return np.rint(wide_phantom(size, phantom_seed, fov_mm, margin, version)).astype(np.int16)
+
+
+def _write_pool_phantom(path: Path, *phantom) -> None:
+    _save_npy(path, _pool_phantom(*phantom))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -92,7 +92,7 @@ def phantom_pool_dir(cfg: Config, seed: int = 0) -> Path:
     a = cfg.data.acquisition
     root = Path(os.environ.get("XRAY2CT_CACHE", Path.home() / ".cache" / "xray2ct"))
     return phantom_pool(root, a.phantoms, cfg.model.volume_size, margin_voxels(cfg), seed, cfg.geometry.fov_mm,
-                        a.phantom_version)
+                        a.phantom_version, workers=a.pool_workers or os.cpu_count() or 1)
 
 
 def make_dataset(cfg: Config, root: Path, split: str, train: bool):
