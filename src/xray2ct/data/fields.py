@@ -67,7 +67,7 @@ def phantom_pool(root: str | os.PathLike, n: int, size: int, margin: int, seed: 
     (each phantom depends only on its seed: the same pool for any number)."""
     from tqdm.auto import tqdm
 
-    from xray2ct.data.prepare import SEED_STRIDE
+    from xray2ct.data.prepare import SEED_STRIDE, run_jobs
 
     folder = Path(root) / f"fields-{size}-m{margin}-n{n}-s{seed}-v{version}"
     jobs = {i: (folder / f"phantom_{i:04d}.npy", size, seed * SEED_STRIDE + i, fov_mm, margin, version)
@@ -84,22 +84,7 @@ def phantom_pool(root: str | os.PathLike, n: int, size: int, margin: int, seed: 
     log.info("generating %d wide-field phantoms into %s (%d process(es))", len(todo), folder, min(workers, len(todo)))
     folder.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(todo), desc="phantom pool", unit="phantom")
-    if workers <= 1 or len(todo) < 2:
-        for job in todo:
-            _write_pool_phantom(*job)
-            bar.update(1)
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        from xray2ct.data.prepare import _one_thread
-
-        # spawn: a forked child of a process that has used torch's thread pool can hang
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_one_thread) as pool:
-            for done in as_completed([pool.submit(_write_pool_phantom, *job) for job in todo]):
-                done.result()  # re-raise a worker's error here
-                bar.update(1)
+    run_jobs(_write_pool_phantom, todo, workers, bar)
     bar.close()
     return folder
 

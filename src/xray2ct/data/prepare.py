@@ -49,20 +49,7 @@ def make_phantom_dataset(out: str | os.PathLike, n: int = 200, size: int = 64, s
     todo = [(out, case_id, size, seed * SEED_STRIDE + i, fov_mm, xray_size, version)
             for i, case_id in enumerate(ids) if not case_complete(out, case_id)]
     bar = tqdm(total=n, initial=n - len(todo), desc="phantoms", unit="case", disable=not progress)
-    if workers == 1 or len(todo) < 2:
-        for job in todo:
-            _write_phantom(*job)
-            bar.update(1)
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        # spawn: a forked child of a process that has used torch's thread pool can hang
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_one_thread) as pool:
-            for done in as_completed([pool.submit(_write_phantom, *job) for job in todo]):
-                done.result()  # re-raise a worker's error here
-                bar.update(1)
+    run_jobs(_write_phantom, todo, workers, bar)
     bar.close()
     log.info("%s: %d phantoms written, %d already present", out, len(todo), n - len(todo))
     write_splits(out, seed=seed)
@@ -81,6 +68,26 @@ def _one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)  # the workers are the parallelism
+
+
+def run_jobs(fn, jobs: list[tuple], workers: int, bar) -> None:
+    """fn(*job) for every job, here (workers 1) or in that many spawned processes of one torch
+    thread each, a tick of the tqdm `bar` per job done; a worker's error is raised here. Spawned
+    processes import the caller's main module again: a script needs the main guard."""
+    if workers <= 1 or len(jobs) < 2:
+        for job in jobs:
+            fn(*job)
+            bar.update(1)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn: a forked child of a process that has used torch's thread pool can hang
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_thread) as pool:
+        for done in as_completed([pool.submit(fn, *job) for job in jobs]):
+            done.result()  # re-raise a worker's error here
+            bar.update(1)
 
 
 @dataclass
