@@ -70,15 +70,15 @@ def phantom_pool(root: str | os.PathLike, n: int, size: int, margin: int, seed: 
     from xray2ct.data.prepare import SEED_STRIDE, run_jobs
 
     folder = Path(root) / f"fields-{size}-m{margin}-n{n}-s{seed}-v{version}"
-    jobs = {i: (folder / f"phantom_{i:04d}.npy", size, seed * SEED_STRIDE + i, fov_mm, margin, version)
-            for i in range(n)}
+    jobs = [(folder / f"phantom_{i:04d}.npy", size, seed * SEED_STRIDE + i, fov_mm, margin, version)
+            for i in range(n)]
     first = folder / "phantom_0000.npy"
     if first.is_file() and not np.array_equal(np.load(first), _pool_phantom(*jobs[0][1:])):
         log.warning("%s: the cached phantoms differ from phantom generator v%d now; generating them again",
                     folder, version)
         for old in folder.glob("phantom_*.npy"):
             old.unlink()
-    todo = [job for job in jobs.values() if not job[0].is_file()]
+    todo = [job for job in jobs if not job[0].is_file()]
     if not todo:
         return folder
     log.info("generating %d wide-field phantoms into %s (%d process(es))", len(todo), folder, min(workers, len(todo)))
